@@ -1,0 +1,125 @@
+"""Filters, feature maps of one image, and dead-unit statistics over a dataset."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from convlens._errors import ConvlensError
+from convlens.data import BatchStream
+from convlens.hooks import capture, model_device, preserved_state, resolve_layer
+
+
+def conv_layers(model: nn.Module) -> list[str]:
+    """Names of the model's `nn.Conv2d` modules, in definition order."""
+    return [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
+
+
+def rectified_output(model: nn.Module, conv: str) -> str:
+    """The ReLU right after conv layer `conv` in its Sequential, else `conv` itself.
+
+    Scans and dead-unit counts look at the rectified map, as Zeiler & Fergus do.
+    """
+    parent_name, _, index = conv.rpartition(".")
+    parent = resolve_layer(model, parent_name) if parent_name else model
+    if isinstance(parent, nn.Sequential) and index.isdigit() and int(index) + 1 < len(parent):
+        following = parent[int(index) + 1]
+        if isinstance(following, nn.ReLU):
+            return f"{parent_name}.{int(index) + 1}" if parent_name else str(int(index) + 1)
+    return conv
+
+
+def conv_weight(model: nn.Module, layer: str) -> torch.Tensor:
+    """The weight (O, I, k, k) of conv layer `layer`, detached."""
+    module = resolve_layer(model, layer)
+    if not isinstance(module, nn.Conv2d):
+        raise ConvlensError(
+            f"layer {layer!r} is a {type(module).__name__}, not a Conv2d; conv layers: {', '.join(conv_layers(model))}"
+        )
+    return module.weight.detach()
+
+
+def filter_rms(weight: torch.Tensor) -> torch.Tensor:
+    """Root mean square of each filter of a conv weight (O, I, k, k): shape (O,)."""
+    return weight.detach().float().pow(2).mean(dim=(1, 2, 3)).sqrt()
+
+
+def feature_maps(model: nn.Module, image: torch.Tensor, layer: str) -> torch.Tensor:
+    """The output (C, h, w) of `layer` for one preprocessed image (C, H, W).
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU())
+        >>> feature_maps(net, torch.randn(1, 8, 8), "1").shape
+        torch.Size([4, 6, 6])
+    """
+    if image.dim() != 3:
+        raise ValueError(f"expected one image (C, H, W), got shape {tuple(image.shape)}")
+    with preserved_state(model), capture(model, [layer]) as captured, torch.no_grad():
+        model(image.unsqueeze(0).to(model_device(model)))
+    return captured[layer][0]
+
+
+@dataclass(frozen=True)
+class DeadUnits:
+    """Per channel of one layer, the fraction of images whose whole map is zero."""
+
+    layer: str
+    zero_fraction: torch.Tensor
+    dead: torch.Tensor
+    images: int
+    threshold: float
+
+    @property
+    def dead_count(self) -> int:
+        return int(self.dead.sum())
+
+
+def dead_units(
+    model: nn.Module,
+    data: Dataset | DataLoader,
+    layers: Sequence[str],
+    *,
+    threshold: float = 0.99,
+    batch_size: int = 128,
+    progress: bool = False,
+) -> dict[str, DeadUnits]:
+    """Dead-unit statistics of several layers in one pass over `data`.
+
+    A channel is dead when its whole map is zero on more than `threshold` of the images
+    (cs231n: "some activation maps may be all zero for many different inputs, which can indicate
+    dead filters").
+
+    Example:
+        >>> stats = dead_units(model, dataset, ["features.1"])  # doctest: +SKIP
+        >>> stats["features.1"].dead_count
+        0
+    """
+    if not 0 <= threshold <= 1:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    device = model_device(model)
+    zero_counts: dict[str, torch.Tensor] = {}
+    seen = 0
+    stream = BatchStream(data, batch_size)
+    with preserved_state(model), capture(model, layers) as captured, torch.inference_mode():
+        for batch in tqdm(stream, desc="dead units", unit="batch", disable=not progress):
+            model(batch.images.to(device))
+            for layer in layers:
+                activation = captured[layer]
+                silent = (
+                    activation.flatten(2).eq(0).all(dim=2)
+                    if activation.dim() == 4
+                    else activation.eq(0)
+                )
+                zero_counts[layer] = zero_counts.get(layer, 0) + silent.sum(0).cpu()
+            seen += len(batch.images)
+    if seen == 0:
+        raise ConvlensError("no readable images in the data")
+    return {
+        layer: DeadUnits(layer, counts / seen, counts / seen > threshold, seen, threshold)
+        for layer, counts in zero_counts.items()
+    }

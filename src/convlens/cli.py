@@ -1,0 +1,312 @@
+"""The `convlens` command. Subcommands are registered once in `COMMANDS`; argparse, `--help`
+and the README's list all read that registry. Each subcommand only parses and calls the library."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from convlens._errors import ConvlensError
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its name, one-line help, how to add its arguments, and what it runs."""
+
+    name: str
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], None]
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def command(
+    name: str, help: str, arguments: Callable[[argparse.ArgumentParser], None] = lambda p: None
+):
+    """Register the decorated function as subcommand `name`."""
+
+    def decorate(run: Callable[[argparse.Namespace], None]) -> Callable[[argparse.Namespace], None]:
+        COMMANDS[name] = Command(name, help, arguments, run)
+        return run
+
+    return decorate
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default="zfnet-fashion",
+        help="built-in name, torchvision:<name> or a checkpoint file (default: zfnet-fashion)",
+    )
+    parser.add_argument(
+        "--weights",
+        help="weights file (.safetensors or .pt state dict), or DEFAULT for torchvision's download",
+    )
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow unpickling a full module (runs code from the file: only for files you trust)",
+    )
+
+
+def _out_argument(default: str) -> Callable[[argparse.ArgumentParser], None]:
+    def add(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--out", type=Path, default=Path(default), help=f"output folder (default: {default})"
+        )
+
+    return add
+
+
+def _both(
+    *adders: Callable[[argparse.ArgumentParser], None],
+) -> Callable[[argparse.ArgumentParser], None]:
+    def add(parser: argparse.ArgumentParser) -> None:
+        for adder in adders:
+            adder(parser)
+
+    return add
+
+
+def _load(args: argparse.Namespace):
+    from convlens.models.loading import load_model
+
+    return load_model(args.model, args.weights, trust_pickle=args.trust_pickle)
+
+
+def _layers_list(text: str | None) -> list[str] | None:
+    return [name.strip() for name in text.split(",") if name.strip()] if text else None
+
+
+@command("models", "list the built-in models")
+def _models(args: argparse.Namespace) -> None:
+    from convlens.models.zoo import BUILTIN_MODELS
+
+    for entry in BUILTIN_MODELS.values():
+        print(f"{entry.name:24s} {entry.description}")
+
+
+def _train_arguments(parser: argparse.ArgumentParser) -> None:
+    from convlens.models.zoo import BUILTIN_MODELS
+    from convlens.training import TrainConfig
+
+    defaults = TrainConfig()
+    parser.add_argument("--model", default=defaults.model, choices=sorted(BUILTIN_MODELS))
+    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument(
+        "--clip-radius",
+        type=float,
+        default=defaults.clip_radius,
+        help="feature scale clipping radius (default: 0.1)",
+    )
+    parser.add_argument("--no-clip", action="store_true", help="turn feature scale clipping off")
+    parser.add_argument(
+        "--checkpoint-epochs",
+        default=",".join(map(str, defaults.checkpoint_epochs)),
+        help="epochs to keep a checkpoint of (the final one is always kept)",
+    )
+    parser.add_argument(
+        "--train-subset", type=int, help="train on the first N training images only"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="checkpoint folder (default: the user cache, where load_model finds it)",
+    )
+
+
+@command(
+    "train",
+    "train a built-in model on Fashion-MNIST (SGD, feature scale clipping, epoch checkpoints)",
+    _train_arguments,
+)
+def _train(args: argparse.Namespace) -> None:
+    from convlens.training import TrainConfig, default_model_dir, train
+
+    config = TrainConfig(
+        model=args.model,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        clip_radius=None if args.no_clip else args.clip_radius,
+        seed=args.seed,
+        checkpoint_epochs=tuple(int(e) for e in args.checkpoint_epochs.split(",") if e),
+        train_subset=args.train_subset,
+    )
+    out = args.out or default_model_dir(args.model)
+    result = train(
+        config,
+        out,
+        on_epoch=lambda epoch, acc: print(f"epoch {epoch}: test accuracy {acc:.4f}", flush=True),
+    )
+    print(
+        f"trained {args.model} in {result.seconds:.0f} s: test accuracy {result.accuracy[-1]:.4f}; checkpoints in {out}"
+    )
+
+
+def _layers_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "model", nargs="?", default="zfnet-fashion", help="model spec (default: zfnet-fashion)"
+    )
+    parser.add_argument("--weights")
+    parser.add_argument("--trust-pickle", action="store_true")
+    parser.add_argument(
+        "--input-size", type=int, nargs="+", help="H W of the input (default: the model's)"
+    )
+
+
+@command(
+    "layers",
+    "print every named module with its kind, output shape and receptive field",
+    _layers_arguments,
+)
+def _layers(args: argparse.Namespace) -> None:
+    from convlens.models.layers import trace_layers
+    from convlens.pipelines import layer_rows
+
+    loaded = _load(args)
+    size = (loaded.input_size[0], *args.input_size[-2:]) if args.input_size else loaded.input_size
+    rows = layer_rows(trace_layers(loaded.model, size))
+    print(
+        f"{loaded.spec}: input {'x'.join(map(str, size))}; receptive field as size / stride @ offset"
+    )
+    width = max(len(row["name"]) for row in rows)
+    for row in rows:
+        print(f"{row['name']:{width}s}  {row['kind']:18s} {row['shape']:14s} {row['field']}")
+
+
+def _filters_arguments(parser: argparse.ArgumentParser) -> None:
+    _model_arguments(parser)
+    parser.add_argument("--layers", help="comma-separated conv layers (default: all)")
+    _out_argument("convlens-filters")(parser)
+
+
+@command("filters", "write conv filters as image grids, with each filter's RMS", _filters_arguments)
+def _filters(args: argparse.Namespace) -> None:
+    from convlens.pipelines import write_filters
+
+    written = write_filters(_load(args), args.out, _layers_list(args.layers))
+    print(f"wrote {len(written)} filter grids to {args.out}")
+
+
+def _maps_arguments(parser: argparse.ArgumentParser) -> None:
+    _model_arguments(parser)
+    parser.add_argument(
+        "--image", required=True, help="image file or sample:<name> (e.g. sample:chelsea)"
+    )
+    parser.add_argument(
+        "--layers", help="comma-separated layers (default: every conv layer's rectified output)"
+    )
+    _out_argument("convlens-maps")(parser)
+
+
+@command("maps", "write the feature maps of one image at each layer as grids", _maps_arguments)
+def _maps(args: argparse.Namespace) -> None:
+    from convlens.data import open_image
+    from convlens.pipelines import write_feature_maps
+
+    loaded = _load(args)
+    image = loaded.transform(open_image(args.image))
+    written = write_feature_maps(loaded, image, args.out, _layers_list(args.layers))
+    print(f"wrote {len(written)} feature-map grids and maps.npz to {args.out}")
+
+
+def _dead_arguments(parser: argparse.ArgumentParser) -> None:
+    _model_arguments(parser)
+    parser.add_argument(
+        "--data",
+        default="fashion-mnist",
+        help="dataset spec (default: fashion-mnist, the test split)",
+    )
+    parser.add_argument(
+        "--layers", help="comma-separated layers (default: every conv layer's rectified output)"
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=0.99,
+        help="dead when the whole map is zero on more than this fraction of images",
+    )
+    _out_argument("convlens-dead")(parser)
+
+
+@command("dead", "count dead units (maps that are all zero on almost every image)", _dead_arguments)
+def _dead(args: argparse.Namespace) -> None:
+    from convlens.analysis.filters import dead_units
+    from convlens.data import open_data
+    from convlens.pipelines import default_map_layers, write_dead_units
+
+    loaded = _load(args)
+    data = open_data(args.data, loaded.transform)
+    layers = _layers_list(args.layers) or default_map_layers(loaded)
+    stats = dead_units(loaded.model, data, layers, threshold=args.threshold, progress=True)
+    for layer, s in stats.items():
+        print(f"{layer}: {s.dead_count}/{len(s.dead)} dead over {s.images} images")
+    print(f"wrote {write_dead_units(stats, args.out)}")
+
+
+def _demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data",
+        default="fashion-mnist",
+        help="dataset spec (default: fashion-mnist, the test split)",
+    )
+    _out_argument("convlens-demo")(parser)
+
+
+@command("demo", "train (or reuse) the built-in zfnet-fashion and write its atlas", _demo_arguments)
+def _demo(args: argparse.Namespace) -> None:
+    from convlens.data import open_data
+    from convlens.models.loading import load_model
+    from convlens.pipelines import write_demo
+
+    started = time.perf_counter()
+    loaded = load_model("zfnet-fashion")
+    page = write_demo(loaded, open_data(args.data, loaded.transform), args.data, args.out)
+    print(f"wrote {page} in {time.perf_counter() - started:.0f} s; open it in a browser")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser, with one subparser per registered command."""
+    from convlens import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="convlens", description="See what a convolutional network has learned."
+    )
+    parser.add_argument("--version", action="version", version=f"convlens {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for entry in COMMANDS.values():
+        sub = subparsers.add_parser(entry.name, help=entry.help, description=entry.help)
+        entry.arguments(sub)
+        sub.set_defaults(run=entry.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; domain errors print one clear line and exit with status 2."""
+    args = build_parser().parse_args(argv)
+    warnings.simplefilter("default")
+    warnings.formatwarning = lambda message, *rest, **kw: f"convlens: {message}\n"
+    try:
+        args.run(args)
+    except ConvlensError as error:
+        print(f"convlens: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("convlens: interrupted; finished work is kept", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

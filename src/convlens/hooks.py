@@ -1,0 +1,124 @@
+"""Hooks that never outlive the call: activation capture and model-state guards.
+
+Every hook convlens registers goes through `registered_hooks`, which removes it in `finally`,
+so a model that raises mid-forward is left exactly as it was found.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from convlens._errors import ConvlensError, unknown_name_error
+
+
+def resolve_layer(model: nn.Module, name: str) -> nn.Module:
+    """The submodule called `name` (a `named_modules()` dotted name), or a ConvlensError naming
+    the closest existing names.
+
+    Example:
+        >>> resolve_layer(nn.Sequential(nn.Conv2d(1, 2, 3)), "0")
+        Conv2d(1, 2, kernel_size=(3, 3), stride=(1, 1))
+    """
+    modules = dict(model.named_modules())
+    if name not in modules or name == "":
+        raise unknown_name_error("layer", name, [n for n in modules if n])
+    return modules[name]
+
+
+@contextmanager
+def registered_hooks() -> Iterator[list[RemovableHandle]]:
+    """A list to append hook handles to; every handle is removed on exit, also on error."""
+    handles: list[RemovableHandle] = []
+    try:
+        yield handles
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def preserved_state(model: nn.Module, *, training: bool | None = False) -> Iterator[nn.Module]:
+    """Put `model` in train/eval mode (`training`, None keeps it) and restore every module's own
+    mode and every parameter's `requires_grad` on exit, also on error."""
+    modes = [(module, module.training) for module in model.modules()]
+    grads = [(param, param.requires_grad) for param in model.parameters()]
+    try:
+        if training is not None:
+            model.train(training)
+        yield model
+    finally:
+        for module, mode in modes:
+            module.training = mode
+        for param, requires_grad in grads:
+            param.requires_grad_(requires_grad)
+
+
+def first_tensor(output: object) -> torch.Tensor | None:
+    """The first tensor in a module output (a tensor, or a tuple/list holding one)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)):
+        for item in output:
+            found = first_tensor(item)
+            if found is not None:
+                return found
+    return None
+
+
+@contextmanager
+def capture(
+    model: nn.Module, layers: Sequence[str], *, detach: bool = True
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Record the output of each named layer during the forward passes run inside the block.
+
+    The dict is refilled by every forward. Captured tensors are clones, so an in-place ReLU
+    that runs later does not change them. A module called more than once per forward (a reused
+    ReLU) is refused, because "its output" would be ambiguous.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(inplace=True))
+        >>> with capture(net, ["0"]) as acts:
+        ...     _ = net(torch.randn(1, 1, 5, 5))
+        >>> acts["0"].shape
+        torch.Size([1, 2, 3, 3])
+    """
+    modules = {name: resolve_layer(model, name) for name in layers}
+    captured: dict[str, torch.Tensor] = {}
+    calls: dict[str, int] = {}
+
+    def reset(_module: nn.Module, _inputs: object) -> None:
+        calls.clear()
+
+    def recorder(name: str):
+        def hook(_module: nn.Module, _inputs: object, output: object) -> None:
+            calls[name] = calls.get(name, 0) + 1
+            if calls[name] > 1:
+                raise ConvlensError(
+                    f"layer {name!r} is called more than once per forward (a reused module), so "
+                    "its output is ambiguous; choose the block that contains it or a module "
+                    "called once"
+                )
+            tensor = first_tensor(output)
+            if tensor is None:
+                raise ConvlensError(f"layer {name!r} returned no tensor; choose another layer")
+            captured[name] = tensor.detach().clone() if detach else tensor.clone()
+
+        return hook
+
+    with registered_hooks() as handles:
+        handles.append(model.register_forward_pre_hook(reset))
+        for name, module in modules.items():
+            handles.append(module.register_forward_hook(recorder(name)))
+        yield captured
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU for a model with neither)."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")

@@ -1,0 +1,195 @@
+"""Glue shared by the CLI and the atlas: run a method, render its result, write the files.
+
+Each function here only wires methods → render → report; the computing lives in the methods,
+the drawing in `convlens.render`, the writing in `convlens.report`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from convlens import render
+from convlens.analysis.evaluate import accuracy
+from convlens.analysis.filters import (
+    DeadUnits,
+    conv_layers,
+    conv_weight,
+    dead_units,
+    feature_maps,
+    filter_rms,
+    rectified_output,
+)
+from convlens.models.layers import LayerInfo, trace_layers
+from convlens.models.loading import LoadedModel
+from convlens.report import write_json, write_npz, write_page, write_png
+
+
+def safe_name(layer: str) -> str:
+    """A layer name usable in a file name (dots kept, anything else odd replaced)."""
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in layer)
+
+
+def default_map_layers(loaded: LoadedModel) -> list[str]:
+    """The rectified output of every conv layer: what feature maps and scans show by default."""
+    return [rectified_output(loaded.model, conv) for conv in conv_layers(loaded.model)]
+
+
+def write_filters(
+    loaded: LoadedModel, out: Path, layers: Sequence[str] | None = None
+) -> list[Path]:
+    """One filter-grid PNG per conv layer, plus every filter's RMS in `filters.json`."""
+    written, rms = [], {}
+    for layer in layers or conv_layers(loaded.model):
+        weight = conv_weight(loaded.model, layer)
+        written.append(
+            write_png(out / f"filters-{safe_name(layer)}.png", render.filter_grid(weight))
+        )
+        rms[layer] = [round(v, 6) for v in filter_rms(weight).tolist()]
+    write_json(out / "filters.json", {"rms": rms})
+    return written
+
+
+def write_feature_maps(
+    loaded: LoadedModel,
+    image: torch.Tensor,
+    out: Path,
+    layers: Sequence[str] | None = None,
+    prefix: str = "maps",
+) -> list[Path]:
+    """Feature-map grids of one preprocessed image at each layer, plus the raw maps (`.npz`)."""
+    written, raw = [], {}
+    for layer in layers or default_map_layers(loaded):
+        maps = feature_maps(loaded.model, image, layer)
+        raw[layer] = maps.numpy()
+        if maps.dim() == 3:
+            written.append(
+                write_png(out / f"{prefix}-{safe_name(layer)}.png", render.map_grid(maps))
+            )
+    write_npz(out / f"{prefix}.npz", **raw)
+    return written
+
+
+def layer_rows(infos: dict[str, LayerInfo], dead: dict[str, DeadUnits] | None = None) -> list[dict]:
+    """Printable rows (name, kind, output shape, receptive field, dead units) of a layer table."""
+    rows = []
+    for info in infos.values():
+        rf = info.receptive_field
+        if rf is None:
+            field = "-"
+        elif info.output_shape is not None and len(info.output_shape) == 3:
+            field = f"{rf.size[0]}x{rf.size[1]} / {rf.stride[0]} @ {rf.offset[0]}"
+        else:
+            field = f"{rf.size[0]}x{rf.size[1]} @ {rf.offset[0]} (all of the input)"
+        shape = "x".join(map(str, info.output_shape)) if info.output_shape else "-"
+        stats = (dead or {}).get(info.name)
+        rows.append(
+            {
+                "name": info.name,
+                "kind": info.kind,
+                "shape": shape,
+                "field": field,
+                "dead": f"{stats.dead_count}/{len(stats.dead)}" if stats else "",
+            }
+        )
+    return rows
+
+
+def write_dead_units(stats: dict[str, DeadUnits], out: Path) -> Path:
+    """Dead-unit statistics as JSON: per layer, per channel zero fraction and the dead channels."""
+    return write_json(
+        out / "dead-units.json",
+        {
+            layer: {
+                "images": s.images,
+                "threshold": s.threshold,
+                "dead": [i for i, d in enumerate(s.dead.tolist()) if d],
+                "zero_fraction": [round(v, 4) for v in s.zero_fraction.tolist()],
+            }
+            for layer, s in stats.items()
+        },
+    )
+
+
+def write_demo(
+    loaded: LoadedModel,
+    data: Dataset,
+    data_description: str,
+    out: Path,
+    *,
+    images: int = 3,
+    progress: bool = True,
+) -> Path:
+    """The demo atlas at this stage: layer table, filters, feature maps of a few test images and
+    dead-unit statistics, on one HTML page."""
+    out.mkdir(parents=True, exist_ok=True)
+    model = loaded.model
+    map_layers = default_map_layers(loaded)
+    stats = dead_units(model, data, map_layers, progress=progress)
+    write_dead_units(stats, out)
+    infos = trace_layers(model, loaded.input_size)
+    sections = [
+        {
+            "title": "Filters",
+            "text": "First layer: each filter contrast-normalised on its own. Deeper layers: a row "
+            "per filter, a grey tile per input channel.",
+            "figures": [
+                {"src": p.name, "caption": p.stem.removeprefix("filters-")}
+                for p in write_filters(loaded, out)
+            ],
+        }
+    ]
+    for index in _one_per_class(data, images):
+        image, label = data[index]
+        prefix = f"image-{index}"
+        shown = loaded.transform.denormalize(image)
+        write_png(
+            out / f"{prefix}.png",
+            render.to_uint8(render.enlarge(shown, render.display_scale(shown.shape[-1], 112))),
+        )
+        figures = [
+            {"src": f"{prefix}.png", "caption": f"test image {index}: {_class_name(loaded, label)}"}
+        ]
+        figures += [
+            {"src": p.name, "caption": p.stem.removeprefix(f"{prefix}-")}
+            for p in write_feature_maps(loaded, image, out, map_layers, prefix=prefix)
+        ]
+        sections.append(
+            {"title": f"Feature maps of test image {index}", "text": "", "figures": figures}
+        )
+    return write_page(
+        out / "index.html",
+        "demo.html.j2",
+        model=loaded.spec,
+        data=data_description,
+        accuracy=accuracy(model, data) if _has_labels(data) else None,
+        layers=layer_rows(infos, stats),
+        sections=sections,
+    )
+
+
+def _has_labels(data: Dataset) -> bool:
+    labels = getattr(data, "labels", None)
+    return labels is not None and bool((labels >= 0).any())
+
+
+def _class_name(loaded: LoadedModel, label: int) -> str:
+    return loaded.classes[label] if 0 <= label < len(loaded.classes) else "unlabelled"
+
+
+def _one_per_class(data: Dataset, count: int) -> list[int]:
+    """The first index of each of the first `count` distinct labels (or the first indices)."""
+    labels = getattr(data, "labels", None)
+    if labels is None:
+        return list(range(min(count, len(data))))
+    chosen, seen = [], set()
+    for index, label in enumerate(labels.tolist()):
+        if label not in seen:
+            seen.add(label)
+            chosen.append(index)
+        if len(chosen) == count:
+            break
+    return chosen

@@ -1,0 +1,161 @@
+"""Pure image-making: tensors in, uint8 arrays (H, W, 3) out. Nothing here runs a model or
+touches a file; `convlens.report` writes what these functions return."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torchvision.utils import make_grid
+
+# Anchor colours of a perceptually ordered dark-to-bright heat map (close to matplotlib's
+# "inferno"), interpolated to 256 entries.
+_HEAT_ANCHORS = np.array(
+    [
+        [0, 0, 4],
+        [40, 11, 84],
+        [101, 21, 110],
+        [159, 42, 99],
+        [212, 72, 66],
+        [245, 125, 21],
+        [250, 193, 39],
+        [252, 255, 164],
+    ],
+    dtype=np.float64,
+)
+HEAT_LUT = np.stack(
+    [
+        np.interp(
+            np.linspace(0, 1, 256), np.linspace(0, 1, len(_HEAT_ANCHORS)), _HEAT_ANCHORS[:, c]
+        )
+        for c in range(3)
+    ],
+    axis=1,
+).astype(np.uint8)
+
+
+@torch.no_grad()
+def minmax(x: torch.Tensor, dims: tuple[int, ...] | None = None) -> torch.Tensor:
+    """Scale to [0, 1] over `dims` (all by default); a constant input becomes mid-grey (0.5)."""
+    dims = dims if dims is not None else tuple(range(x.dim()))
+    low = x.amin(dim=dims, keepdim=True)
+    high = x.amax(dim=dims, keepdim=True)
+    span = high - low
+    return torch.where(span > 0, (x - low) / span.clamp_min(1e-12), torch.full_like(x, 0.5))
+
+
+@torch.no_grad()
+def signed_stretch(x: torch.Tensor, dims: tuple[int, ...] | None = None) -> torch.Tensor:
+    """Map a signed tensor to [0, 1] with zero at 0.5 and the largest |value| over `dims` at 0
+    or 1: the display of deconvnet projections and gradients (grey means no signal)."""
+    dims = dims if dims is not None else tuple(range(x.dim()))
+    scale = x.abs().amax(dim=dims, keepdim=True).clamp_min(1e-12)
+    return 0.5 + 0.5 * x / scale
+
+
+def to_uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:
+    """[0, 1] image (C, H, W) or (H, W) → uint8 (H, W, 3)."""
+    array = (
+        image.detach().cpu().float().numpy()
+        if isinstance(image, torch.Tensor)
+        else np.asarray(image, dtype=np.float32)
+    )
+    array = array.transpose(1, 2, 0) if array.ndim == 3 else array[..., None]
+    if array.shape[-1] == 1:
+        array = np.repeat(array, 3, axis=-1)
+    return (np.clip(array, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def heatmap(values: torch.Tensor) -> np.ndarray:
+    """A [0, 1] map (H, W) coloured dark (0) to bright (1): uint8 (H, W, 3)."""
+    index = (values.detach().cpu().float().clamp(0, 1).numpy() * 255 + 0.5).astype(np.int64)
+    return HEAT_LUT[index]
+
+
+def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.55) -> np.ndarray:
+    """Blend a heat map over a uint8 image of the same size."""
+    blended = (1 - alpha) * image.astype(np.float32) + alpha * heat.astype(np.float32)
+    return blended.round().astype(np.uint8)
+
+
+def enlarge(tiles: torch.Tensor, factor: int) -> torch.Tensor:
+    """Nearest-neighbour enlargement of (..., h, w) tiles by an integer factor (keeps pixels crisp)."""
+    return (
+        tiles.repeat_interleave(factor, -2).repeat_interleave(factor, -1) if factor > 1 else tiles
+    )
+
+
+def grid(
+    tiles: torch.Tensor, columns: int | None = None, padding: int = 1, background: float = 1.0
+) -> np.ndarray:
+    """Lay [0, 1] tiles (N, C, h, w) out in a grid: uint8 (H, W, 3)."""
+    if tiles.shape[0] == 0:
+        raise ValueError("no tiles to lay out")
+    columns = columns or int(np.ceil(np.sqrt(tiles.shape[0])))
+    if tiles.shape[1] == 1:
+        tiles = tiles.expand(-1, 3, -1, -1)
+    laid = make_grid(tiles.float().cpu(), nrow=columns, padding=padding, pad_value=background)
+    return to_uint8(laid)
+
+
+def display_scale(height: int, target: int = 96) -> int:
+    """The integer enlargement that brings a small tile close to `target` pixels."""
+    return max(1, target // max(height, 1))
+
+
+def per_channel_tiles(weight: torch.Tensor) -> torch.Tensor:
+    """Deeper filters (O, I, k, k) as grey tiles (O*I, 1, k, k), one per input channel, each
+    filter's I tiles normalised together so their relative strength shows."""
+    normalised = minmax(weight.detach().float().cpu(), dims=(1, 2, 3))
+    return normalised.reshape(-1, 1, *weight.shape[-2:])
+
+
+def filter_grid(weight: torch.Tensor, first_tile: int = 48, deeper_tile: int = 12) -> np.ndarray:
+    """Conv filters (O, I, k, k) as a grid image. First-layer filters (I of 1 or 3) are one tile
+    each, contrast-normalised on their own, in colour for RGB; deeper filters get one row per
+    filter with a grey tile per input channel.
+
+    Example:
+        >>> filter_grid(torch.randn(8, 3, 5, 5)).shape
+        (139, 139, 3)
+    """
+    if weight.shape[1] in (1, 3):
+        tiles = minmax(weight.detach().float().cpu(), dims=(1, 2, 3))
+        return grid(enlarge(tiles, display_scale(weight.shape[-1], first_tile)))
+    tiles = enlarge(per_channel_tiles(weight), display_scale(weight.shape[-1], deeper_tile))
+    return grid(tiles, columns=weight.shape[1])
+
+
+def map_grid(maps: torch.Tensor, shared_scale: bool = True, tile: int = 64) -> np.ndarray:
+    """Feature maps (C, h, w) of one image as a grid of grey tiles. With `shared_scale` all maps
+    share the layer's maximum, so weak and dead maps look dark as they are (Yosinski's toolbox);
+    otherwise each map is stretched on its own."""
+    maps = maps.detach().float().cpu()
+    if shared_scale:
+        tiles = (
+            (maps / maps.abs().amax().clamp_min(1e-12)).clamp(0, 1)
+            if maps.min() >= 0
+            else signed_stretch(maps)
+        )
+    else:
+        tiles = minmax(maps, dims=(1, 2))
+    return grid(enlarge(tiles.unsqueeze(1), display_scale(maps.shape[-1], tile)))
+
+
+def caption(image: np.ndarray, text: str, height: int = 14) -> np.ndarray:
+    """The image with a white strip of black text above it."""
+    strip = Image.new("RGB", (image.shape[1], height), "white")
+    ImageDraw.Draw(strip).text((2, 1), text, fill="black", font=ImageFont.load_default())
+    return np.concatenate([np.asarray(strip), image], axis=0)
+
+
+def side_by_side(images: list[np.ndarray], gap: int = 8) -> np.ndarray:
+    """Images placed left to right, top-aligned on white."""
+    height = max(image.shape[0] for image in images)
+    width = sum(image.shape[1] for image in images) + gap * (len(images) - 1)
+    canvas = np.full((height, width, 3), 255, dtype=np.uint8)
+    left = 0
+    for image in images:
+        canvas[: image.shape[0], left : left + image.shape[1]] = image
+        left += image.shape[1] + gap
+    return canvas

@@ -1,0 +1,212 @@
+"""Training the built-in networks: SGD with momentum, Zeiler & Fergus's feature scale clipping,
+epoch checkpoints as safetensors, and resumption that gives the same weights as an unbroken run."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import TensorDataset
+from tqdm.auto import tqdm
+
+from convlens._errors import ConvlensError
+from convlens._paths import cache_dir
+from convlens.analysis.evaluate import accuracy
+from convlens.data.fashion_mnist import FashionMNIST
+from convlens.models.zoo import BUILTIN_MODELS
+
+DEFAULT_CHECKPOINT_EPOCHS = (1, 2, 5, 10, 20, 30, 40, 64)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one training run; every field goes into the checkpoints' metadata."""
+
+    model: str = "zfnet-fashion"
+    epochs: int = 8
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    clip_radius: float | None = 0.1
+    seed: int = 0
+    checkpoint_epochs: tuple[int, ...] = DEFAULT_CHECKPOINT_EPOCHS
+    train_subset: int | None = None
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: the model, accuracy per epoch, and where checkpoints went."""
+
+    model: nn.Module
+    accuracy: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    checkpoints: list[Path] = field(default_factory=list)
+
+
+def default_model_dir(name: str = "zfnet-fashion") -> Path:
+    """Where the trained built-in model `name` and its epoch checkpoints live in the user cache."""
+    return cache_dir() / "models" / name
+
+
+@torch.no_grad()
+def clip_feature_scale(model: nn.Module, radius: float) -> None:
+    """Rescale every conv filter whose RMS exceeds `radius` to exactly that RMS (Zeiler & Fergus
+    2014, Sec. 3: "renormalize each filter in the convolutional layers whose RMS value exceeds a
+    fixed radius of 10^-1 to this fixed radius")."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            weight = module.weight
+            rms = weight.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt()
+            weight.mul_(torch.where(rms > radius, radius / rms, torch.ones_like(rms)))
+
+
+def _normalised(dataset: FashionMNIST, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    return (dataset.images.unsqueeze(1).float() / 255 - mean[0]) / std[0]
+
+
+def _lr_at(config: TrainConfig, epoch: int, step: int, steps: int) -> float:
+    """Cosine annealing from `lr` to 0 over the whole run."""
+    progress = (epoch + step / steps) / config.epochs
+    return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def train(
+    config: TrainConfig = TrainConfig(),
+    out_dir: str | Path | None = None,
+    *,
+    progress: bool = True,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Train a built-in network on Fashion-MNIST, reproducibly for a fixed seed.
+
+    Checkpoints at `config.checkpoint_epochs` and the final epoch go to `out_dir` as
+    `epoch-NNN.safetensors` with a JSON of metadata beside each; `final.safetensors` is the last.
+    An interrupted run (Ctrl-C) keeps the epochs it finished and the same call resumes from there,
+    ending with the weights an unbroken run would have.
+
+    Example:
+        >>> result = train(TrainConfig(epochs=1, train_subset=2000), "runs/quick")  # doctest: +SKIP
+    """
+    if config.model not in BUILTIN_MODELS:
+        raise ConvlensError(
+            f"unknown built-in model {config.model!r}; known: {', '.join(BUILTIN_MODELS)}"
+        )
+    spec = BUILTIN_MODELS[config.model]
+    out = Path(out_dir) if out_dir is not None else default_model_dir(config.model)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    model = spec.build()
+    train_set, test_set = FashionMNIST("train"), FashionMNIST("test")
+    x_train, y_train = _normalised(train_set, spec.mean, spec.std), train_set.labels
+    if config.train_subset:
+        x_train, y_train = x_train[: config.train_subset], y_train[: config.train_subset]
+    x_test, y_test = _normalised(test_set, spec.mean, spec.std), test_set.labels
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    result = TrainResult(model)
+    start_epoch = _resume(out, config, model, optimizer, result)
+    steps = -(-len(x_train) // config.batch_size)
+    started = time.perf_counter() - result.seconds
+    for epoch in range(start_epoch, config.epochs):
+        torch.manual_seed(config.seed * 1000 + epoch)  # dropout and order depend only on the epoch
+        order = torch.randperm(len(x_train))
+        model.train()
+        bar = tqdm(
+            range(steps),
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+            disable=not progress,
+            leave=False,
+        )
+        for step in bar:
+            batch = order[step * config.batch_size : (step + 1) * config.batch_size]
+            for group in optimizer.param_groups:
+                group["lr"] = _lr_at(config, epoch, step, steps)
+            loss = F.cross_entropy(model(x_train[batch]), y_train[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if config.clip_radius is not None:
+                clip_feature_scale(model, config.clip_radius)
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+        result.accuracy.append(accuracy(model, TensorDataset(x_test, y_test)))
+        result.seconds = time.perf_counter() - started
+        _save_epoch(out, config, model, optimizer, result, epoch + 1)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, result.accuracy[-1])
+    model.eval()
+    return result
+
+
+def _metadata(config: TrainConfig, result: TrainResult, epoch: int) -> dict:
+    return {
+        "config": {**asdict(config), "checkpoint_epochs": list(config.checkpoint_epochs)},
+        "epoch": epoch,
+        "test_accuracy": result.accuracy[epoch - 1],
+        "accuracy_per_epoch": result.accuracy[:epoch],
+        "seconds": round(result.seconds, 2),
+        "torch": torch.__version__,
+    }
+
+
+def _save_epoch(out: Path, config, model, optimizer, result: TrainResult, epoch: int) -> None:
+    meta = _metadata(config, result, epoch)
+    weights = {k: v.contiguous() for k, v in model.state_dict().items()}
+    names = ["final"] if epoch == config.epochs else []
+    if epoch in config.checkpoint_epochs or epoch == config.epochs:
+        names.append(f"epoch-{epoch:03d}")
+    for name in names:
+        write_checkpoint(out / f"{name}.safetensors", weights, meta)
+        if name != "final":
+            result.checkpoints.append(out / f"{name}.safetensors")
+    momentum = {
+        f"momentum.{i}": optimizer.state[p]["momentum_buffer"].contiguous()
+        for i, p in enumerate(model.parameters())
+        if optimizer.state[p].get("momentum_buffer") is not None
+    }
+    write_checkpoint(out / "resume.safetensors", {**weights, **momentum}, meta)
+    if epoch == config.epochs:
+        (out / "resume.safetensors").unlink()
+        (out / "resume.json").unlink()
+
+
+def write_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Write tensors as safetensors and `meta` as JSON beside them, each atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    save_file(tensors, str(partial), metadata={"convlens": json.dumps(meta)})
+    partial.replace(path)
+    meta_path = path.with_suffix(".json")
+    meta_partial = path.with_suffix(".json.partial")
+    meta_partial.write_text(json.dumps(meta, indent=2))
+    meta_partial.replace(meta_path)
+
+
+def _resume(out: Path, config: TrainConfig, model, optimizer, result: TrainResult) -> int:
+    state_path = out / "resume.safetensors"
+    if not state_path.exists():
+        return 0
+    meta = json.loads(state_path.with_suffix(".json").read_text())
+    saved = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()}
+    if saved != asdict(config):
+        raise ConvlensError(
+            f"{out} holds an unfinished run with other settings; remove {state_path} to start afresh"
+        )
+    tensors = load_file(str(state_path))
+    model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("momentum.")})
+    for i, param in enumerate(model.parameters()):
+        if f"momentum.{i}" in tensors:
+            optimizer.state[param]["momentum_buffer"] = tensors[f"momentum.{i}"].clone()
+    result.accuracy = list(meta["accuracy_per_epoch"])
+    result.seconds = meta["seconds"]
+    return meta["epoch"]

@@ -1,0 +1,64 @@
+"""Tiny networks with known structure, shared by the tests. No downloads, seconds per test."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def small_sequential(pool: type[nn.Module] = nn.MaxPool2d) -> nn.Sequential:
+    """Conv (stride 2, pad 1) → ReLU → pool 3/2 → dilated conv → ReLU → conv → ReLU."""
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3, stride=2, padding=1),
+        nn.ReLU(inplace=True),
+        pool(3, stride=2, padding=1),
+        nn.Conv2d(4, 4, 3, padding=2, dilation=2),
+        nn.ReLU(),
+        nn.Conv2d(4, 3, 5, padding=1),
+        nn.ReLU(),
+    )
+
+
+class TinyResNet(nn.Module):
+    """A stem and one residual block whose ReLU module is called twice, like torchvision's."""
+
+    def __init__(self, pool: type[nn.Module] = nn.MaxPool2d) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(2, 4, 3, stride=2, padding=1)
+        self.pool = pool(3, stride=2, padding=1)
+        self.conv1 = nn.Conv2d(4, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+        self.down = nn.Conv2d(4, 4, 1, stride=2)
+        self.conv3 = nn.Conv2d(4, 4, 3, stride=2, padding=1)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(F.relu(self.stem(x)))
+        out = self.relu(self.conv1(x))
+        out = self.conv2(out)
+        out += x
+        out = self.relu(out)
+        out = torch.relu(self.conv3(out)) + self.down(out)
+        return self.head(out.mean((2, 3)))
+
+
+@pytest.fixture
+def sequential_net() -> nn.Sequential:
+    torch.manual_seed(0)
+    return small_sequential()
+
+
+@pytest.fixture
+def resnet_net() -> TinyResNet:
+    torch.manual_seed(0)
+    return TinyResNet()
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """An empty convlens cache for the test."""
+    monkeypatch.setenv("CONVLENS_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"

@@ -1,0 +1,76 @@
+"""The command line: registry-driven help, the layer table, errors, and the demo at this stage."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_loading import cache_random_default
+
+from convlens.cli import COMMANDS, build_parser, main
+from convlens.data.fashion_mnist import DEBIAN_DIR
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_registered_command_has_help(name, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([name, "--help"])
+    assert exit_info.value.code == 0
+    assert COMMANDS[name].help.split(" (")[0] in " ".join(capsys.readouterr().out.split())
+
+
+def test_console_script_runs():
+    result = subprocess.run(
+        [sys.executable, "-m", "convlens.cli", "layers", "torchvision:alexnet"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "features.10   Conv2d             256x13x13      163x163 / 16 @ -66" in result.stdout
+
+
+def test_unknown_layer_is_one_clear_line_with_close_matches(cache, tmp_path, capsys):
+    cache_random_default()
+    Image.new("L", (28, 28), 128).save(tmp_path / "x.png")
+    code = main(
+        [
+            "maps",
+            "--image",
+            str(tmp_path / "x.png"),
+            "--layers",
+            "features.44",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert code == 2
+    assert "unknown layer 'features.44'; closest: 'features.4'" in capsys.readouterr().err
+
+
+def test_maps_on_a_sample_photo_writes_grids(cache, tmp_path):
+    cache_random_default()
+    assert main(["maps", "--image", "sample:coffee", "--out", str(tmp_path / "m")]) == 0
+    grid = np.asarray(Image.open(tmp_path / "m" / "maps-features.1.png"))
+    assert grid.std() > 10  # not blank
+    assert set(np.load(tmp_path / "m" / "maps.npz").files) == {
+        "features.1",
+        "features.5",
+        "features.9",
+        "features.11",
+        "features.13",
+    }
+
+
+@pytest.mark.skipif(not DEBIAN_DIR.exists(), reason="needs Debian's dataset-fashion-mnist")
+def test_demo_writes_a_page_with_filters_and_maps(cache, tmp_path):
+    cache_random_default()
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+    page = (tmp_path / "demo" / "index.html").read_text()
+    for src in ["filters-features.0.png", "image-0-features.1.png", "dead-units.json"]:
+        assert (tmp_path / "demo" / src).exists()
+    assert 'src="filters-features.0.png"' in page and "Ankle boot" in page
+    first = np.asarray(Image.open(tmp_path / "demo" / "filters-features.0.png"))
+    assert first.std() > 10
