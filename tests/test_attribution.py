@@ -31,7 +31,7 @@ def explicit_projection(
 ) -> torch.Tensor:
     """Zeiler & Fergus by hand: forward recording switches and ReLU masks, then unpool with the
     switches, rectify the signal, and apply the transposed filters, layer by layer."""
-    conv1, _, pool, lrn, conv2, _ = net
+    conv1, _, _, lrn, conv2, _ = net
     pre1 = conv1(x)
     pooled, switches = F.max_pool2d(F.relu(pre1), 2, 2, return_indices=True)
     pre2 = conv2(lrn(pooled))

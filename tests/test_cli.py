@@ -74,3 +74,48 @@ def test_demo_writes_a_page_with_filters_and_maps(cache, tmp_path):
     assert 'src="filters-features.0.png"' in page and "Ankle boot" in page
     first = np.asarray(Image.open(tmp_path / "demo" / "filters-features.0.png"))
     assert first.std() > 10
+
+
+@pytest.mark.parametrize("method", ["deconvnet", "guided", "gradient", "saliency"])
+def test_attribute_writes_pngs_and_the_raw_map(cache, tmp_path, method):
+    import convlens as cl
+    from convlens.attribution import METHODS
+    from convlens.data import open_image
+
+    cache_random_default()
+    out = tmp_path / method
+    assert (
+        main(
+            [
+                "attribute",
+                "--method",
+                method,
+                "--image",
+                "sample:coffee",
+                "--unit",
+                "features.9:2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    loaded = cl.load_model("zfnet-fashion")
+    image = loaded.transform(open_image("sample:coffee"))
+    expected = METHODS[method](loaded.model, image[None], cl.Unit("features.9", 2))[0]
+    np.testing.assert_allclose(np.load(out / f"{method}.npz")[method], expected.numpy(), atol=1e-6)
+    shown = np.asarray(
+        Image.open(out / ("saliency-overlay.png" if method == "saliency" else f"{method}.png"))
+    )
+    assert shown.shape[0] >= 224 and shown.std() > 1
+
+
+def test_signed_stretch_puts_zero_at_grey_and_clips_the_tail():
+    import torch
+
+    from convlens.render import signed_stretch
+
+    x = torch.tensor([[-4.0, 0.0, 1.0, 2.0]])
+    torch.testing.assert_close(signed_stretch(x), torch.tensor([[0.0, 0.5, 0.625, 0.75]]))
+    clipped = signed_stretch(x, quantile=0.5)  # median |x| = 1.5
+    torch.testing.assert_close(clipped, torch.tensor([[0.0, 0.5, 0.5 + 0.5 / 1.5, 1.0]]))

@@ -221,6 +221,50 @@ def _maps(args: argparse.Namespace) -> None:
     print(f"wrote {len(written)} feature-map grids and maps.npz to {args.out}")
 
 
+def _attribute_arguments(parser: argparse.ArgumentParser) -> None:
+    from convlens.attribution import METHODS
+
+    _model_arguments(parser)
+    parser.add_argument("--method", choices=sorted(METHODS), default="deconvnet")
+    parser.add_argument("--image", required=True, help="image file or sample:<name>")
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--target", type=int, help="class index (default: the predicted class)")
+    target.add_argument(
+        "--unit",
+        help="LAYER:CHANNEL[:Y:X], e.g. features.12:3 (position default: the channel's argmax)",
+    )
+    _out_argument("convlens-attribute")(parser)
+
+
+@command(
+    "attribute",
+    "project a class score or one unit back to pixels (deconvnet, guided backprop, saliency, gradient)",
+    _attribute_arguments,
+)
+def _attribute(args: argparse.Namespace) -> None:
+    import torch
+
+    from convlens.data import open_image
+    from convlens.pipelines import write_attribution
+    from convlens.units import Unit
+
+    loaded = _load(args)
+    image = loaded.transform(open_image(args.image))
+    if args.unit:
+        try:
+            target = Unit.parse(args.unit)
+        except ValueError as error:
+            raise ConvlensError(str(error)) from None
+    elif args.target is not None:
+        target = args.target
+    else:
+        with torch.no_grad():
+            target = int(loaded.model(image.unsqueeze(0)).argmax())
+        print(f"target: predicted class {target} ({loaded.classes[target]})")
+    written = write_attribution(loaded, image, args.method, target, args.out)
+    print(f"wrote {', '.join(p.name for p in written)} and {args.method}.npz to {args.out}")
+
+
 def _dead_arguments(parser: argparse.ArgumentParser) -> None:
     _model_arguments(parser)
     parser.add_argument(

@@ -23,6 +23,7 @@ from convlens.analysis.filters import (
     filter_rms,
     rectified_output,
 )
+from convlens.attribution import METHODS, Target
 from convlens.models.layers import LayerInfo, trace_layers
 from convlens.models.loading import LoadedModel
 from convlens.report import write_json, write_npz, write_page, write_png
@@ -70,6 +71,28 @@ def write_feature_maps(
                 write_png(out / f"{prefix}-{safe_name(layer)}.png", render.map_grid(maps))
             )
     write_npz(out / f"{prefix}.npz", **raw)
+    return written
+
+
+def write_attribution(
+    loaded: LoadedModel, image: torch.Tensor, method: str, target: Target, out: Path
+) -> list[Path]:
+    """One attribution of one preprocessed image: the display PNG(s) and the raw map (`.npz`).
+
+    Signed maps are contrast-stretched around zero; saliency is written as a heat map and as an
+    overlay on the image."""
+    values = METHODS[method](loaded.model, image.unsqueeze(0), target)[0]
+    shown = loaded.transform.denormalize(image)
+    written = [write_png(out / "image.png", render.picture(shown))]
+    if method == "saliency":
+        heat, laid = render.saliency_images(values, shown)
+        written += [
+            write_png(out / "saliency.png", heat),
+            write_png(out / "saliency-overlay.png", laid),
+        ]
+    else:
+        written.append(write_png(out / f"{method}.png", render.signed_image(values)))
+    write_npz(out / f"{method}.npz", **{method: values.cpu().numpy(), "image": image.cpu().numpy()})
     return written
 
 

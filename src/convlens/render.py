@@ -45,12 +45,22 @@ def minmax(x: torch.Tensor, dims: tuple[int, ...] | None = None) -> torch.Tensor
 
 
 @torch.no_grad()
-def signed_stretch(x: torch.Tensor, dims: tuple[int, ...] | None = None) -> torch.Tensor:
-    """Map a signed tensor to [0, 1] with zero at 0.5 and the largest |value| over `dims` at 0
-    or 1: the display of deconvnet projections and gradients (grey means no signal)."""
+def signed_stretch(
+    x: torch.Tensor, dims: tuple[int, ...] | None = None, quantile: float = 1.0
+) -> torch.Tensor:
+    """Map a signed tensor to [0, 1] with zero at 0.5 and the `quantile` of |value| over `dims`
+    (1.0: the largest) at 0 or 1, clipping beyond: the display of deconvnet projections and
+    gradients (grey means no signal)."""
     dims = dims if dims is not None else tuple(range(x.dim()))
-    scale = x.abs().amax(dim=dims, keepdim=True).clamp_min(1e-12)
-    return 0.5 + 0.5 * x / scale
+    magnitude = x.abs()
+    if quantile >= 1.0:
+        scale = magnitude.amax(dim=dims, keepdim=True)
+    else:
+        moved = magnitude.movedim(dims, tuple(range(-len(dims), 0))).flatten(-len(dims))
+        scale = moved.quantile(quantile, dim=-1).reshape(
+            [1 if d in dims else n for d, n in enumerate(x.shape)]
+        )
+    return (0.5 + 0.5 * x / scale.clamp_min(1e-12)).clamp(0, 1)
 
 
 def to_uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -159,3 +169,25 @@ def side_by_side(images: list[np.ndarray], gap: int = 8) -> np.ndarray:
         canvas[: image.shape[0], left : left + image.shape[1]] = image
         left += image.shape[1] + gap
     return canvas
+
+
+def signed_image(attribution: torch.Tensor, size: int = 224) -> np.ndarray:
+    """A signed (C, H, W) map (deconvnet projection, gradient) for display: contrast-stretched
+    around zero (grey is zero) so that the 99.5th percentile of |value| reaches black or white,
+    enlarged to about `size` pixels."""
+    shown = signed_stretch(attribution.detach().float().cpu(), quantile=0.995)
+    return to_uint8(enlarge(shown, display_scale(shown.shape[-1], size)))
+
+
+def saliency_images(
+    values: torch.Tensor, image: torch.Tensor, size: int = 224
+) -> tuple[np.ndarray, np.ndarray]:
+    """A saliency map (H, W) as a heat map, and as a heat map laid over the [0, 1] image (C, H, W)."""
+    factor = display_scale(values.shape[-1], size)
+    heat = heatmap(enlarge(minmax(values.detach().float().cpu()), factor))
+    return heat, overlay(to_uint8(enlarge(image.detach().float().cpu(), factor)), heat)
+
+
+def picture(image: torch.Tensor, size: int = 224) -> np.ndarray:
+    """A [0, 1] image (C, H, W) enlarged to about `size` pixels, as uint8 (H, W, 3)."""
+    return to_uint8(enlarge(image.detach().float().cpu(), display_scale(image.shape[-1], size)))
