@@ -265,6 +265,81 @@ def _attribute(args: argparse.Namespace) -> None:
     print(f"wrote {', '.join(p.name for p in written)} and {args.method}.npz to {args.out}")
 
 
+def _scan_arguments(parser: argparse.ArgumentParser) -> None:
+    _model_arguments(parser)
+    parser.add_argument(
+        "--data",
+        default="fashion-mnist",
+        help="dataset spec (default: fashion-mnist, the test split)",
+    )
+    parser.add_argument(
+        "--layers", help="comma-separated layers (default: every conv layer's rectified output)"
+    )
+    parser.add_argument("--k", type=int, default=9, help="images per feature map (default: 9)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=20,
+        help="batches between checkpoints of the running state",
+    )
+    parser.add_argument(
+        "--render", action="store_true", help="also write the Fig. 2 figure of every channel"
+    )
+    _out_argument("convlens-scan")(parser)
+
+
+@command(
+    "scan",
+    "find the top-k dataset images of every feature map (resumable; shards under torchrun)",
+    _scan_arguments,
+)
+def _scan(args: argparse.Namespace) -> None:
+    from convlens.data import open_data
+    from convlens.pipelines import write_top_examples
+    from convlens.scan import distributed_shard, gather_shards, scan
+
+    loaded = _load(args)
+    data = open_data(args.data, loaded.transform)
+    rank, world = distributed_shard()
+    result = scan(
+        loaded.model,
+        data,
+        _layers_list(args.layers),
+        args.k,
+        batch_size=args.batch_size,
+        checkpoint=args.out / f"scan-state-{rank}-of-{world}.safetensors",
+        checkpoint_every=args.checkpoint_every,
+        shard=(rank, world),
+        description={
+            "model": loaded.spec,
+            "weights": loaded.weights,
+            "data": args.data,
+            **_versions(),
+        },
+        progress=rank == 0,
+    )
+    if world > 1:
+        result = gather_shards(result, args.k)
+    if rank != 0:
+        return
+    path = result.save(args.out / "scan.safetensors")
+    print(
+        f"scanned {result.meta['dataset_size']} images ({len(result.meta['skipped'])} unreadable, skipped) into {path}"
+    )
+    if args.render:
+        written = write_top_examples(loaded, data, result, args.out)
+        print(f"wrote {len(written)} Fig. 2 figures under {args.out}")
+
+
+def _versions() -> dict:
+    import torch
+
+    from convlens import __version__
+
+    return {"convlens": __version__, "torch": torch.__version__}
+
+
 def _dead_arguments(parser: argparse.ArgumentParser) -> None:
     _model_arguments(parser)
     parser.add_argument(

@@ -74,15 +74,37 @@ def first_tensor(output: object) -> torch.Tensor | None:
     return None
 
 
+class _StopForward(Exception):
+    """Raised by a capture hook once every requested layer has its output: the rest of the
+    forward is not needed."""
+
+
+class Captured(dict):
+    """Layer name → captured output, refilled by every forward; `forward(x)` runs the model
+    (stopping early when the capture was opened with `stop=True`)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs: torch.Tensor) -> object:
+        """Run the model; None when it stopped early after the last captured layer."""
+        try:
+            return self.model(*inputs)
+        except _StopForward:
+            return None
+
+
 @contextmanager
 def capture(
-    model: nn.Module, layers: Sequence[str], *, detach: bool = True
-) -> Iterator[dict[str, torch.Tensor]]:
+    model: nn.Module, layers: Sequence[str], *, detach: bool = True, stop: bool = False
+) -> Iterator[Captured]:
     """Record the output of each named layer during the forward passes run inside the block.
 
     The dict is refilled by every forward. Captured tensors are clones, so an in-place ReLU
     that runs later does not change them. A module called more than once per forward (a reused
-    ReLU) is refused, because "its output" would be ambiguous.
+    ReLU) is refused, because "its output" would be ambiguous. With `stop`, `captured.forward(x)`
+    ends the forward as soon as every layer is captured (their first call counts).
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(inplace=True))
@@ -92,7 +114,7 @@ def capture(
         torch.Size([1, 2, 3, 3])
     """
     modules = {name: resolve_layer(model, name) for name in layers}
-    captured: dict[str, torch.Tensor] = {}
+    captured = Captured(model)
     calls: dict[str, int] = {}
 
     def reset(_module: nn.Module, _inputs: object) -> None:
@@ -111,6 +133,8 @@ def capture(
             if tensor is None:
                 raise ConvlensError(f"layer {name!r} returned no tensor; choose another layer")
             captured[name] = tensor.detach().clone() if detach else tensor.clone()
+            if stop and len(calls) == len(modules):
+                raise _StopForward
 
         return hook
 

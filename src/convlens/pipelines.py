@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from convlens import render
 from convlens.analysis.evaluate import accuracy
@@ -23,10 +24,12 @@ from convlens.analysis.filters import (
     filter_rms,
     rectified_output,
 )
-from convlens.attribution import METHODS, Target
-from convlens.models.layers import LayerInfo, trace_layers
+from convlens.attribution import METHODS, Target, deconvnet
+from convlens.models.layers import LayerInfo, ReceptiveField, receptive_field, trace_layers
 from convlens.models.loading import LoadedModel
 from convlens.report import write_json, write_npz, write_page, write_png
+from convlens.scan import ScanResult, TopK
+from convlens.units import Unit
 
 
 def safe_name(layer: str) -> str:
@@ -94,6 +97,49 @@ def write_attribution(
         written.append(write_png(out / f"{method}.png", render.signed_image(values)))
     write_npz(out / f"{method}.npz", **{method: values.cpu().numpy(), "image": image.cpu().numpy()})
     return written
+
+
+def write_top_examples(
+    loaded: LoadedModel,
+    data: Dataset,
+    result: ScanResult,
+    out: Path,
+    layers: Sequence[str] | None = None,
+    *,
+    progress: bool = True,
+) -> list[Path]:
+    """For every channel of every scanned layer, the Fig. 2 figure: deconvnet projections of the
+    recorded units beside their receptive-field patches (`<layer>/unit-NNNN.png`)."""
+    written = []
+    layers = list(layers or result.layers)
+    for layer in layers:
+        top = result[layer]
+        field = receptive_field(loaded.model, layer, loaded.input_size)
+        for channel in tqdm(
+            range(top.values.shape[0]), desc=f"render {layer}", disable=not progress
+        ):
+            figure = top_examples_image(loaded, data, layer, channel, top, field)
+            written.append(write_png(out / safe_name(layer) / f"unit-{channel:04d}.png", figure))
+    return written
+
+
+def top_examples_image(
+    loaded: LoadedModel, data: Dataset, layer: str, channel: int, top: TopK, field: ReceptiveField
+):
+    """The Fig. 2 figure of one channel; its k projections are computed as one batch."""
+    keep = top.indices[channel] >= 0
+    indices = top.indices[channel][keep].tolist()
+    positions = top.positions[channel][keep].tolist()
+    images = torch.stack([data[i][0] for i in indices])
+    units = [Unit(layer, channel, y, x) for y, x in positions]
+    projections = deconvnet(loaded.model, images, units)
+    boxes = [field.box(y, x) for y, x in positions]
+    shown = loaded.transform.denormalize(images)
+    patches = torch.stack(
+        [render.crop_padded(img, box, fill=0.5) for img, box in zip(shown, boxes)]
+    )
+    projected = torch.stack([render.crop_padded(p, box) for p, box in zip(projections, boxes)])
+    return render.top_examples_figure(patches, projected)
 
 
 def layer_rows(infos: dict[str, LayerInfo], dead: dict[str, DeadUnits] | None = None) -> list[dict]:

@@ -191,3 +191,30 @@ def saliency_images(
 def picture(image: torch.Tensor, size: int = 224) -> np.ndarray:
     """A [0, 1] image (C, H, W) enlarged to about `size` pixels, as uint8 (H, W, 3)."""
     return to_uint8(enlarge(image.detach().float().cpu(), display_scale(image.shape[-1], size)))
+
+
+def crop_padded(
+    image: torch.Tensor, box: tuple[int, int, int, int], fill: float = 0.0
+) -> torch.Tensor:
+    """The (C, bottom - top, right - left) crop of `image` (C, H, W) at `box`; parts of the box
+    outside the image are filled with `fill` (padded, never shifted)."""
+    top, left, bottom, right = box
+    height, width = image.shape[-2:]
+    patch = torch.full((image.shape[0], bottom - top, right - left), fill, dtype=image.dtype)
+    y0, x0, y1, x1 = max(top, 0), max(left, 0), min(bottom, height), min(right, width)
+    if y1 > y0 and x1 > x0:
+        patch[:, y0 - top : y1 - top, x0 - left : x1 - left] = image[:, y0:y1, x0:x1].cpu()
+    return patch
+
+
+def top_examples_figure(
+    patches: torch.Tensor, projections: torch.Tensor, columns: int = 3, size: int = 64
+) -> np.ndarray:
+    """Zeiler & Fergus Fig. 2 for one feature map: the grid of deconvnet projections beside the
+    grid of image patches. `patches` (k, C, s, s) in [0, 1]; `projections` (k, C, s, s) signed,
+    each stretched around zero on its own."""
+    factor = display_scale(patches.shape[-1], size)
+    shown = signed_stretch(projections.float(), dims=(1, 2, 3), quantile=0.995)
+    left = grid(enlarge(shown, factor), columns, padding=2)
+    right = grid(enlarge(patches.float(), factor), columns, padding=2)
+    return side_by_side([left, right])
