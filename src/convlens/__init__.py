@@ -11,11 +11,14 @@ Example:
     ReceptiveField(size=(11, 11), stride=(2, 2), offset=(-5, -5))
 """
 
+from convlens import data
 from convlens._errors import ConvlensError
 from convlens.analysis import DeadUnits, conv_layers, dead_units, feature_maps, filter_rms
+from convlens.attribution import deconvnet, gradient, guided_backprop, saliency
 from convlens.hooks import capture
 from convlens.models.layers import LayerInfo, ReceptiveField, receptive_field, trace_layers
 from convlens.models.loading import LoadedModel, load_model
+from convlens.scan import ScanResult, TopK, scan
 from convlens.units import Unit
 
 __version__ = "0.1.0"
@@ -26,14 +29,22 @@ __all__ = [
     "LayerInfo",
     "LoadedModel",
     "ReceptiveField",
+    "ScanResult",
+    "TopK",
     "Unit",
     "__version__",
     "capture",
     "conv_layers",
+    "data",
     "dead_units",
+    "deconvnet",
     "feature_maps",
     "filter_rms",
+    "gradient",
+    "guided_backprop",
     "load_model",
     "receptive_field",
+    "saliency",
+    "scan",
     "trace_layers",
 ]

@@ -39,9 +39,10 @@ def command(
     return decorate
 
 
-def _model_arguments(parser: argparse.ArgumentParser) -> None:
+def _model_arguments(parser: argparse.ArgumentParser, *, positional: bool = False) -> None:
     parser.add_argument(
-        "--model",
+        *(["model"] if positional else ["--model"]),
+        **({"nargs": "?"} if positional else {}),
         default="zfnet-fashion",
         help="built-in name, torchvision:<name> or a checkpoint file (default: zfnet-fashion)",
     )
@@ -155,11 +156,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _layers_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "model", nargs="?", default="zfnet-fashion", help="model spec (default: zfnet-fashion)"
-    )
-    parser.add_argument("--weights")
-    parser.add_argument("--trust-pickle", action="store_true")
+    _model_arguments(parser, positional=True)
     parser.add_argument(
         "--input-size", type=int, nargs="+", help="H W of the input (default: the model's)"
     )

@@ -8,7 +8,7 @@ so a model that raises mid-forward is left exactly as it was found.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -97,14 +97,20 @@ class Captured(dict):
 
 @contextmanager
 def capture(
-    model: nn.Module, layers: Sequence[str], *, detach: bool = True, stop: bool = False
+    model: nn.Module,
+    layers: Sequence[str],
+    *,
+    detach: bool = True,
+    stop: bool = False,
+    reduce: Callable[[torch.Tensor], object] | None = None,
 ) -> Iterator[Captured]:
     """Record the output of each named layer during the forward passes run inside the block.
 
     The dict is refilled by every forward. Captured tensors are clones, so an in-place ReLU
     that runs later does not change them. A module called more than once per forward (a reused
     ReLU) is refused, because "its output" would be ambiguous. With `stop`, `captured.forward(x)`
-    ends the forward as soon as every layer is captured (their first call counts).
+    ends the forward as soon as every layer is captured (their first call counts). With
+    `reduce`, what is kept is `reduce(output)`, computed at once (no clone of the whole map).
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(inplace=True))
@@ -132,7 +138,10 @@ def capture(
             tensor = first_tensor(output)
             if tensor is None:
                 raise ConvlensError(f"layer {name!r} returned no tensor; choose another layer")
-            captured[name] = tensor.detach().clone() if detach else tensor.clone()
+            if reduce is not None:
+                captured[name] = reduce(tensor.detach() if detach else tensor)
+            else:
+                captured[name] = tensor.detach().clone() if detach else tensor.clone()
             if stop and len(calls) == len(modules):
                 raise _StopForward
 

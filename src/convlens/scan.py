@@ -127,31 +127,40 @@ def _empty(channels: int, k: int, device: torch.device) -> TopK:
     )
 
 
-def batch_candidates(activation: torch.Tensor, indices: torch.Tensor) -> TopK:
-    """Each image's score per channel (max over positions) with its position: (C, B) candidates."""
+def channel_maxima(activation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's score per channel (max over positions, first in row-major order on ties) and
+    its (y, x): (B, C) and (B, C, 2). Taken inside the forward hook, so no map is copied."""
     if activation.dim() != 4:
         raise ConvlensError(
             f"scan needs (N, C, H, W) feature maps; got a layer output of shape {tuple(activation.shape)}"
         )
     width = activation.shape[-1]
-    values, flat = activation.flatten(2).float().max(dim=2)  # (B, C): first max in row-major order
-    positions = torch.stack([flat // width, flat % width], dim=-1)  # (B, C, 2)
-    channels = activation.shape[1]
+    values, flat = activation.flatten(2).float().max(dim=2)
+    return values, torch.stack([flat // width, flat % width], dim=-1)
+
+
+def batch_candidates(maxima: tuple[torch.Tensor, torch.Tensor], indices: torch.Tensor) -> TopK:
+    """A batch's (C, B) candidates from its `channel_maxima`."""
+    values, positions = maxima
     return TopK(
         values.t(),
-        indices.to(activation.device).unsqueeze(0).expand(channels, -1),
+        indices.to(values.device).unsqueeze(0).expand(values.shape[1], -1),
         positions.transpose(0, 1),
     )
 
 
 def fingerprint(model: nn.Module) -> str:
-    """A short hash of the model's parameters and buffers: a changed model is detected."""
+    """A short hash of the model's parameters and buffers, so a changed model is detected:
+    names, shapes, each tensor's sum and norm, and up to 4096 of its values (hashing every byte of
+    a large model would cost more than a short scan)."""
     digest = hashlib.sha1()
     for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(
-            tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
-        )
+        flat = tensor.detach().flatten()
+        sample = flat[:: max(1, flat.numel() // 4096)].cpu().contiguous()
+        values = flat.float() if flat.is_floating_point() else flat.double()
+        summary = f"{values.sum().item()!r}{torch.linalg.vector_norm(values).item()!r}"
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}{summary}".encode())
+        digest.update(sample.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
@@ -222,7 +231,11 @@ def scan(
     running: dict[str, TopK] = {}
     done = _resume(Path(checkpoint), meta, running, device) if checkpoint else 0
     started = time.perf_counter()
-    with preserved_state(model), capture(model, layers, stop=True) as acts, torch.inference_mode():
+    with (
+        preserved_state(model),
+        capture(model, layers, stop=True, reduce=channel_maxima) as acts,
+        torch.inference_mode(),
+    ):
         bar = tqdm(stream, desc="scan", unit="batch", disable=not progress, initial=done)
         for number, batch in enumerate(_skip(stream, done), start=done + 1):
             images = batch.images.to(device)
@@ -231,7 +244,9 @@ def scan(
             acts.forward(images)
             for layer in layers:
                 candidates = batch_candidates(acts[layer], batch.indices)
-                current = running.get(layer) or _empty(candidates.values.shape[0], k, device)
+                current = running.get(layer) or _empty(
+                    candidates.values.shape[0], k, candidates.values.device
+                )
                 running[layer] = merge_topk(current, candidates, k)
             bar.update(1)
             bar.set_postfix(
