@@ -119,3 +119,38 @@ def test_signed_stretch_puts_zero_at_grey_and_clips_the_tail():
     torch.testing.assert_close(signed_stretch(x), torch.tensor([[0.0, 0.5, 0.625, 0.75]]))
     clipped = signed_stretch(x, quantile=0.5)  # median |x| = 1.5
     torch.testing.assert_close(clipped, torch.tensor([[0.0, 0.5, 0.5 + 0.5 / 1.5, 1.0]]))
+
+
+def test_scan_command_skips_a_corrupt_image_and_renders(cache, tmp_path, capsys):
+    from test_data import make_folder
+
+    from convlens.scan import ScanResult
+
+    cache_random_default()
+    make_folder(tmp_path / "imgs")
+    out = tmp_path / "scan"
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        code = main(
+            [
+                "scan",
+                "--data",
+                str(tmp_path / "imgs"),
+                "--layers",
+                "features.5",
+                "--k",
+                "3",
+                "--out",
+                str(out),
+                "--render",
+            ]
+        )
+    assert code == 0
+    assert "(1 unreadable, skipped)" in capsys.readouterr().out
+    result = ScanResult.load(out / "scan.safetensors")
+    assert result.meta["model"] == "zfnet-fashion" and len(result.meta["skipped"]) == 1
+    assert (
+        result["features.5"].indices.shape == (64, 3)
+        and not (out / "scan-state-0-of-1.safetensors").exists()
+    )
+    figure = np.asarray(Image.open(out / "features.5" / "unit-0000.png"))
+    assert figure.std() > 1

@@ -199,16 +199,15 @@ class _PassThrough(torch.autograd.Function):
 
 
 def _relu_functions() -> dict[object, bool]:
-    """Every way a forward can apply a ReLU, with whether it works in place."""
-    table = {
+    """Every way a forward can apply a ReLU, with whether it works in place (F.relu_ is
+    torch.relu_ itself)."""
+    return {
         F.relu: False,
         torch.relu: False,
         torch.relu_: True,
         torch.Tensor.relu: False,
         torch.Tensor.relu_: True,
     }
-    table[F.relu_] = True
-    return table
 
 
 _UNCOVERED = {
