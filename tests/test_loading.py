@@ -11,7 +11,8 @@ from safetensors.torch import save_file
 
 import convlens as cl
 from convlens.models.zoo import BUILTIN_MODELS
-from convlens.training import default_model_dir, write_checkpoint
+from convlens.report import write_checkpoint
+from convlens.training import default_model_dir
 
 
 def cache_random_default(name: str = "zfnet-fashion") -> torch.nn.Module:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -25,6 +25,8 @@ from convlens._errors import ConvlensError
 from convlens.analysis.filters import conv_layers, rectified_output
 from convlens.data import BatchStream
 from convlens.hooks import capture, model_device, preserved_state, resolve_layer
+from convlens.models.loading import safetensors_metadata
+from convlens.report import write_checkpoint
 
 _NO_INDEX = torch.iinfo(torch.int64).max  # an empty slot: loses every tie
 
@@ -62,7 +64,7 @@ class ScanResult:
             for layer, top in self.layers.items()
             for name in ("values", "indices", "positions")
         }
-        _atomic_save(path, tensors, self.meta)
+        write_checkpoint(path, tensors, self.meta)
         return path
 
     @classmethod
@@ -82,16 +84,6 @@ class ScanResult:
             for layer in meta["layers"]
         }
         return cls(layers, meta)
-
-
-def _atomic_save(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    save_file(tensors, str(partial))
-    meta_partial = path.with_name(path.stem + ".json.partial")
-    meta_partial.write_text(json.dumps(meta, indent=2))
-    partial.replace(path)
-    meta_partial.replace(path.with_suffix(".json"))
 
 
 def default_layers(model: nn.Module) -> list[str]:
@@ -286,13 +278,13 @@ def _save_state(path: Path, meta: dict, running: dict[str, TopK], batches: int) 
         for layer, top in running.items()
         for name in ("values", "indices", "positions")
     }
-    _atomic_save(path, tensors, {**meta, "batches_done": batches})
+    write_checkpoint(path, tensors, {**meta, "batches_done": batches})
 
 
 def _resume(path: Path, meta: dict, running: dict[str, TopK], device: torch.device) -> int:
     if not path.exists():
         return 0
-    saved = json.loads(path.with_suffix(".json").read_text())
+    saved = safetensors_metadata(path)
     batches = saved.pop("batches_done")
     changed = [key for key in meta if saved.get(key) != meta[key]]
     if changed:

@@ -3,7 +3,6 @@ epoch checkpoints as safetensors, and resumption that gives the same weights as 
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
@@ -21,7 +20,9 @@ from convlens._errors import ConvlensError
 from convlens._paths import cache_dir
 from convlens.analysis.evaluate import accuracy
 from convlens.data.fashion_mnist import FashionMNIST
+from convlens.models.loading import safetensors_metadata
 from convlens.models.zoo import BUILTIN_MODELS
+from convlens.report import write_checkpoint
 
 DEFAULT_CHECKPOINT_EPOCHS = (1, 2, 5, 10, 20, 30, 40, 64)
 
@@ -180,23 +181,11 @@ def _save_epoch(out: Path, config, model, optimizer, result: TrainResult, epoch:
         (out / "resume.json").unlink()
 
 
-def write_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    """Write tensors as safetensors and `meta` as JSON beside them, each atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    save_file(tensors, str(partial), metadata={"convlens": json.dumps(meta)})
-    partial.replace(path)
-    meta_path = path.with_suffix(".json")
-    meta_partial = path.with_suffix(".json.partial")
-    meta_partial.write_text(json.dumps(meta, indent=2))
-    meta_partial.replace(meta_path)
-
-
 def _resume(out: Path, config: TrainConfig, model, optimizer, result: TrainResult) -> int:
     state_path = out / "resume.safetensors"
     if not state_path.exists():
         return 0
-    meta = json.loads(state_path.with_suffix(".json").read_text())
+    meta = safetensors_metadata(state_path)
     saved = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()}
     if saved != asdict(config):
         raise ConvlensError(

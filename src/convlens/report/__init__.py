@@ -1,5 +1,5 @@
 """Writing finished arrays to disk: PNGs, raw arrays, JSON and HTML pages. Nothing here computes."""
 
-from convlens.report.writer import write_json, write_npz, write_page, write_png
+from convlens.report.writer import write_checkpoint, write_json, write_npz, write_page, write_png
 
-__all__ = ["write_json", "write_npz", "write_page", "write_png"]
+__all__ = ["write_checkpoint", "write_json", "write_npz", "write_page", "write_png"]

@@ -7,8 +7,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 from jinja2 import Environment, PackageLoader, select_autoescape
 from PIL import Image
+from safetensors.torch import save_file
 
 _TEMPLATES = Environment(
     loader=PackageLoader("convlens.report", "templates"),
@@ -48,6 +50,15 @@ def write_npz(path: str | Path, **arrays: np.ndarray) -> Path:
 def write_json(path: str | Path, data: object) -> Path:
     """Save JSON-serialisable data, indented."""
     return _replace(Path(path), lambda p: p.write_text(json.dumps(data, indent=2)))
+
+
+def write_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
+    """Tensors as safetensors with `meta` embedded (one atomic file, so a reader never sees
+    tensors and metadata from different moments), and `meta` again as JSON beside it."""
+    path = Path(path)
+    _replace(path, lambda p: save_file(tensors, str(p), metadata={"convlens": json.dumps(meta)}))
+    write_json(path.with_suffix(".json"), meta)
+    return path
 
 
 def write_page(path: str | Path, template: str, **context: object) -> Path:
