@@ -4,13 +4,15 @@ Prints one JSON line per model, then one for rendering.
 
 Target (issue 4): scan images/s >= 1.2x the plain forward (`torch.inference_mode`, default
 memory format, same batch size), with exact results. The scan records every conv layer.
-Run: python benchmarks/scan.py [--models alexnet,vgg16,resnet18] [--images 64] [--batch 16]
+Run: python benchmarks/scan.py [--models alexnet,vgg16,resnet18] [--images 128] [--batch 16]
+[--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -34,25 +36,35 @@ def plain_forward(model: torch.nn.Module, images: torch.Tensor, batch: int) -> f
     return time.perf_counter() - started
 
 
-def measure(name: str, count: int, batch: int, size: int) -> dict:
+def timed_scan(model: torch.nn.Module, data: TensorDataset, batch: int) -> float:
+    started = time.perf_counter()
+    scan(model, data, batch_size=batch)
+    return time.perf_counter() - started
+
+
+def measure(name: str, count: int, batch: int, size: int, repeats: int) -> dict:
+    """Plain forward and scan timed alternately `repeats` times; the median of each is kept, so
+    a burst of load on the machine hits both sides alike."""
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, weights=None).eval()
     images = torch.randn(count, 3, size, size)
     data = TensorDataset(images)
     plain_forward(model, images[:batch], batch)  # warm-up
     scan(model, TensorDataset(images[:batch]), batch_size=batch)
-    plain = plain_forward(model, images, batch)
-    started = time.perf_counter()
-    scan(model, data, batch_size=batch)
-    scanned = time.perf_counter() - started
+    plain, scanned = [], []
+    for _ in range(repeats):
+        plain.append(plain_forward(model, images, batch))
+        scanned.append(timed_scan(model, data, batch))
+    plain_s, scan_s = statistics.median(plain), statistics.median(scanned)
     return {
         "model": name,
         "layers": len(default_layers(model)),
         "images": count,
         "batch": batch,
-        "plain_forward_images_per_s": round(count / plain, 2),
-        "scan_images_per_s": round(count / scanned, 2),
-        "speedup": round(plain / scanned, 3),
+        "repeats": repeats,
+        "plain_forward_images_per_s": round(count / plain_s, 2),
+        "scan_images_per_s": round(count / scan_s, 2),
+        "speedup": round(plain_s / scan_s, 3),
     }
 
 
@@ -85,12 +97,15 @@ def render_time(images: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", default="alexnet,vgg16,resnet18")
-    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--images", type=int, default=128)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     for name in args.models.split(","):
-        print(json.dumps(measure(name, args.images, args.batch, args.size)), flush=True)
+        print(
+            json.dumps(measure(name, args.images, args.batch, args.size, args.repeats)), flush=True
+        )
     print(json.dumps(render_time(512)), flush=True)
 
 

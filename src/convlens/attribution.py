@@ -38,7 +38,8 @@ def _units(target: Target, count: int) -> list[Unit] | None:
     return None
 
 
-def _class_indices(target: Target, count: int, classes: int) -> torch.Tensor:
+def class_indices(target: Target, count: int, classes: int) -> torch.Tensor:
+    """(count,) class indices from one int or one per image, checked against `classes`."""
     indices = torch.as_tensor(target).long().flatten()
     if indices.numel() == 1:
         indices = indices.expand(count)
@@ -127,7 +128,7 @@ def project(
                 raise ConvlensError(
                     f"a class target needs (N, classes) outputs; the model returns {tuple(logits.shape)}"
                 )
-            indices = _class_indices(target, count, logits.shape[1]).to(logits.device)
+            indices = class_indices(target, count, logits.shape[1]).to(logits.device)
             seed = torch.zeros_like(logits)
             seed[torch.arange(count), indices] = 1.0
             outputs, grads = [logits], [seed]

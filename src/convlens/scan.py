@@ -119,16 +119,39 @@ def _empty(channels: int, k: int, device: torch.device) -> TopK:
     )
 
 
-def channel_maxima(activation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each image's score per channel (max over positions, first in row-major order on ties) and
-    its (y, x): (B, C) and (B, C, 2). Taken inside the forward hook, so no map is copied."""
+def channel_maxima(
+    activation: torch.Tensor, floor: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's score per channel (max over positions) and its (y, x), first in row-major
+    order on ties: (B, C) and (B, C, 2). Taken inside the forward hook, so no map is copied.
+
+    Finding positions is the costly part (a max with indices over a channels-last map is ~20x
+    slower than a plain max). So the row comes from the row maxima and only that row is searched
+    for x; and with `floor` (C,), the running k-th value of each channel, positions are found only
+    where the score reaches it (elsewhere -1: those images cannot enter the top-k).
+    """
     if activation.dim() != 4:
         raise ConvlensError(
             f"scan needs (N, C, H, W) feature maps; got a layer output of shape {tuple(activation.shape)}"
         )
-    width = activation.shape[-1]
-    values, flat = activation.flatten(2).float().max(dim=2)
-    return values, torch.stack([flat // width, flat % width], dim=-1)
+    if activation.is_contiguous() or not activation.is_contiguous(
+        memory_format=torch.channels_last
+    ):
+        row_maxima = activation.amax(dim=3)  # (B, C, H), reduced in storage order
+    else:
+        row_maxima = activation.permute(0, 2, 3, 1).amax(dim=2).transpose(1, 2)
+    values = row_maxima.amax(dim=2)
+    wanted = values >= floor if floor is not None else torch.ones_like(values, dtype=torch.bool)
+    image, channel = wanted.nonzero(as_tuple=True)
+    candidate_rows = row_maxima[image, channel]  # (S, H)
+    height = candidate_rows.shape[1]
+    countdown = torch.arange(height, 0, -1, device=values.device)
+    is_max = candidate_rows == values[image, channel].unsqueeze(1)
+    rows = height - (is_max * countdown).amax(dim=1)  # the first row holding the maximum
+    columns = activation[image, channel, rows].argmax(dim=-1)
+    positions = torch.full((*values.shape, 2), -1, dtype=torch.long, device=values.device)
+    positions[image, channel] = torch.stack([rows, columns], dim=-1)
+    return values.float(), positions
 
 
 def batch_candidates(maxima: tuple[torch.Tensor, torch.Tensor], indices: torch.Tensor) -> TopK:
@@ -223,9 +246,14 @@ def scan(
     running: dict[str, TopK] = {}
     done = _resume(Path(checkpoint), meta, running, device) if checkpoint else 0
     started = time.perf_counter()
+
+    def maxima(layer: str, activation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        floor = running[layer].values[:, -1].to(activation.dtype) if layer in running else None
+        return channel_maxima(activation, floor)
+
     with (
         preserved_state(model),
-        capture(model, layers, stop=True, reduce=channel_maxima) as acts,
+        capture(model, layers, stop=True, reduce=maxima) as acts,
         torch.inference_mode(),
     ):
         bar = tqdm(stream, desc="scan", unit="batch", disable=not progress, initial=done)
