@@ -143,13 +143,15 @@ def channel_maxima(
     values = row_maxima.amax(dim=2)
     wanted = values >= floor if floor is not None else torch.ones_like(values, dtype=torch.bool)
     image, channel = wanted.nonzero(as_tuple=True)
+    positions = torch.full((*values.shape, 2), -1, dtype=torch.long, device=values.device)
+    if len(image) == 0:
+        return values.float(), positions
     candidate_rows = row_maxima[image, channel]  # (S, H)
     height = candidate_rows.shape[1]
     countdown = torch.arange(height, 0, -1, device=values.device)
     is_max = candidate_rows == values[image, channel].unsqueeze(1)
     rows = height - (is_max * countdown).amax(dim=1)  # the first row holding the maximum
     columns = activation[image, channel, rows].argmax(dim=-1)
-    positions = torch.full((*values.shape, 2), -1, dtype=torch.long, device=values.device)
     positions[image, channel] = torch.stack([rows, columns], dim=-1)
     return values.float(), positions
 
@@ -263,6 +265,8 @@ def scan(
                 images = images.contiguous(memory_format=torch.channels_last)
             acts.forward(images)
             for layer in layers:
+                if layer in running and bool((acts[layer][1] < 0).all()):
+                    continue  # no image of the batch reaches the running top-k
                 candidates = batch_candidates(acts[layer], batch.indices)
                 current = running.get(layer) or _empty(
                     candidates.values.shape[0], k, candidates.values.device
