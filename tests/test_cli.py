@@ -154,3 +154,30 @@ def test_scan_command_skips_a_corrupt_image_and_renders(cache, tmp_path, capsys)
     )
     figure = np.asarray(Image.open(out / "features.5" / "unit-0000.png"))
     assert figure.std() > 1
+
+
+def test_occlude_writes_the_fig7_row_and_maps_equal_the_library(cache, tmp_path):
+    import convlens as cl
+    from convlens.data import open_data
+
+    cache_random_default()
+    out = tmp_path / "occ"
+    argv = ["occlude", "--image", "sample:coffee,chelsea", "--window", "8", "--stride", "4"]
+    assert main([*argv, "--target", "3", "--out", str(out)]) == 0
+    loaded = cl.load_model("zfnet-fashion")
+    image = open_data("sample:chelsea", loaded.transform)[0][0]
+    expected = cl.occlusion(loaded.model, image, 3, window=8, stride=4, layer="features.13")
+    saved = np.load(out / "image-1" / "occlusion.npz")
+    np.testing.assert_allclose(saved["prob"], expected.prob[0].numpy(), atol=1e-6)
+    np.testing.assert_array_equal(saved["argmax"], expected.argmax[0].numpy())
+    for panel in "abcde":
+        assert np.asarray(Image.open(out / "image-1" / f"occlusion-{panel}.png")).std() > 1
+    row = np.asarray(Image.open(out / "image-0" / "occlusion.png"))
+    assert row.shape[1] > 5 * 224
+
+
+def test_occlude_rejects_a_window_larger_than_the_image(cache, tmp_path, capsys):
+    cache_random_default()
+    code = main(["occlude", "--image", "sample:coffee", "--window", "40", "--stride", "2"])
+    assert code == 2
+    assert "window 40 does not fit the 28x28 image" in capsys.readouterr().err

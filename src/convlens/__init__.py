@@ -18,6 +18,7 @@ from convlens.attribution import deconvnet, gradient, guided_backprop, saliency
 from convlens.hooks import capture
 from convlens.models.layers import LayerInfo, ReceptiveField, receptive_field, trace_layers
 from convlens.models.loading import LoadedModel, load_model
+from convlens.occlusion import Occlusion, occlusion
 from convlens.scan import ScanResult, TopK, scan
 from convlens.units import Unit
 
@@ -28,6 +29,7 @@ __all__ = [
     "DeadUnits",
     "LayerInfo",
     "LoadedModel",
+    "Occlusion",
     "ReceptiveField",
     "ScanResult",
     "TopK",
@@ -43,6 +45,7 @@ __all__ = [
     "gradient",
     "guided_backprop",
     "load_model",
+    "occlusion",
     "receptive_field",
     "saliency",
     "scan",

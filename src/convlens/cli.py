@@ -262,6 +262,94 @@ def _attribute(args: argparse.Namespace) -> None:
     print(f"wrote {', '.join(p.name for p in written)} and {args.method}.npz to {args.out}")
 
 
+def _occlude_arguments(parser: argparse.ArgumentParser) -> None:
+    _model_arguments(parser)
+    parser.add_argument(
+        "--image",
+        required=True,
+        help="image file, folder, sample:<name>[,<name>...] or a dataset spec such as fashion-mnist",
+    )
+    parser.add_argument(
+        "--indices", help="comma-separated images of a larger dataset (default: 0; all for <= 16)"
+    )
+    parser.add_argument(
+        "--target",
+        type=int,
+        help="class whose probability is mapped (default: the true label if known, else the prediction)",
+    )
+    parser.add_argument(
+        "--window", type=int, help="occluder side in pixels (default: about 1/7 of the image)"
+    )
+    parser.add_argument(
+        "--stride", type=int, help="occluder step in pixels (default: a quarter of the window)"
+    )
+    parser.add_argument(
+        "--fill",
+        type=float,
+        default=0.0,
+        help="occluder value in the model's input space (0: mean)",
+    )
+    parser.add_argument(
+        "--layer",
+        help="layer whose strongest map is followed (default: the last conv layer's output)",
+    )
+    parser.add_argument(
+        "--fast", action="store_true", help="bfloat16 forwards: faster, maps close to exact"
+    )
+    _out_argument("convlens-occlude")(parser)
+
+
+@command(
+    "occlude",
+    "occlusion sensitivity: slide a grey square and map activation, class probability and prediction",
+    _occlude_arguments,
+)
+def _occlude(args: argparse.Namespace) -> None:
+    import torch
+
+    from convlens.data import open_data
+    from convlens.occlusion import occlusion
+    from convlens.pipelines import default_map_layers, write_occlusion
+
+    loaded = _load(args)
+    data = open_data(args.image, loaded.transform)
+    indices = (
+        [int(i) for i in args.indices.split(",")]
+        if args.indices
+        else list(range(len(data) if len(data) <= 16 else 1))
+    )
+    items = [data[i] for i in indices]
+    images = torch.stack([image for image, _ in items])
+    labels = [label for _, label in items]
+    if args.target is not None:
+        targets = [args.target] * len(items)
+    elif all(label >= 0 for label in labels):
+        targets = labels
+    else:
+        targets = None
+    size = min(images.shape[-2:])
+    window = args.window or max(1, round(size / 7))
+    maps = occlusion(
+        loaded.model,
+        images,
+        targets,
+        window=window,
+        stride=args.stride or max(1, window // 4),
+        fill=args.fill,
+        layer=args.layer or default_map_layers(loaded)[-1],
+        fast=args.fast,
+        progress=True,
+    )
+    for n, index in enumerate(indices):
+        out = args.out / f"image-{index}" if len(indices) > 1 else args.out
+        figure = write_occlusion(loaded, images[n], maps[n], out)
+        target = int(maps.target[n])
+        print(
+            f"image {index}: p({loaded.classes[target]}) = {float(maps.base_prob[n]):.3f} "
+            f"unoccluded, min {float(maps.prob[n].min()):.3f} occluded; wrote {figure}"
+        )
+
+
 def _scan_arguments(parser: argparse.ArgumentParser) -> None:
     _model_arguments(parser)
     parser.add_argument(

@@ -27,6 +27,7 @@ from convlens.analysis.filters import (
 from convlens.attribution import METHODS, Target, deconvnet
 from convlens.models.layers import LayerInfo, ReceptiveField, receptive_field, trace_layers
 from convlens.models.loading import LoadedModel
+from convlens.occlusion import Occlusion, occlusion
 from convlens.report import write_json, write_npz, write_page, write_png
 from convlens.scan import ScanResult, TopK
 from convlens.units import Unit
@@ -142,6 +143,51 @@ def top_examples_image(
     return render.top_examples_figure(patches, projected)
 
 
+def write_occlusion(loaded: LoadedModel, image: torch.Tensor, maps: Occlusion, out: Path) -> Path:
+    """Zeiler & Fergus Fig. 7 for one image (`maps` of that image alone): (a) the image with the
+    occluder positions and the occluder where the target probability drops most, (b) the
+    strongest feature map's total activation, (c) that map's deconvnet projection, (d) the
+    target probability, (e) the most probable class with a legend. Each panel is also written
+    on its own, and the raw maps as `occlusion.npz`. Returns the figure's path."""
+    shown = loaded.transform.denormalize(image)
+    names = list(loaded.classes)
+    worst = divmod(int(maps.prob[0].argmin()), maps.prob.shape[-1])
+    panels = [
+        (
+            "(a) image, occluder positions",
+            render.occluder_grid(
+                shown,
+                maps.ys,
+                maps.xs,
+                maps.window,
+                (int(maps.ys[worst[0]]), int(maps.xs[worst[1]])),
+            ),
+        )
+    ]
+    raw = {name: getattr(maps, name)[0].numpy() for name in ("prob", "argmax", "sensitivity")}
+    if maps.layer is not None:
+        channel = int(maps.channel[0])
+        projection = deconvnet(loaded.model, image.unsqueeze(0), Unit(maps.layer, channel))[0]
+        panels += [
+            (f"(b) {maps.layer} map {channel}", render.position_map(maps.activation[0])),
+            (f"(c) projection of map {channel}", render.signed_image(projection)),
+        ]
+        raw |= {"activation": maps.activation[0].numpy(), "projection": projection.numpy()}
+    target = int(maps.target[0])
+    top = max(float(maps.prob[0].max()), float(maps.base_prob[0]), 1e-6)
+    panels += [
+        (
+            f"(d) p({_class_name(loaded, target)}), 0 to {top:.3g}",
+            render.position_map(maps.prob[0], scale=(0, top)),
+        ),
+        ("(e) most probable class", render.class_map(maps.argmax[0], names)),
+    ]
+    for title, panel in panels:
+        write_png(out / f"occlusion-{title[1]}.png", panel)
+    write_npz(out / "occlusion.npz", ys=maps.ys.numpy(), xs=maps.xs.numpy(), **raw)
+    return write_png(out / "occlusion.png", render.panel_row(panels))
+
+
 def layer_rows(infos: dict[str, LayerInfo], dead: dict[str, DeadUnits] | None = None) -> list[dict]:
     """Printable rows (name, kind, output shape, receptive field, dead units) of a layer table."""
     rows = []
@@ -226,6 +272,18 @@ def write_demo(
             {"src": p.name, "caption": p.stem.removeprefix(f"{prefix}-")}
             for p in write_feature_maps(loaded, image, out, map_layers, prefix=prefix)
         ]
+        maps = occlusion(
+            model, image, label if label >= 0 else None, window=4, stride=1, layer=map_layers[-1]
+        )
+        figure = write_occlusion(loaded, image, maps, out / f"{prefix}-occlusion")
+        figures.append(
+            {
+                "src": figure.relative_to(out).as_posix(),
+                "caption": "occlusion (Zeiler & Fergus Fig. 7): (a) occluder, (b) strongest map "
+                "of the last conv layer, (c) its projection, (d) true-class probability, "
+                "(e) most probable class",
+            }
+        )
         sections.append(
             {"title": f"Feature maps of test image {index}", "text": "", "figures": figures}
         )

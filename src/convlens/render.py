@@ -218,3 +218,75 @@ def top_examples_figure(
     left = grid(enlarge(shown, factor), columns, padding=2)
     right = grid(enlarge(patches.float(), factor), columns, padding=2)
     return side_by_side([left, right])
+
+
+# Twenty distinguishable colours for class maps (Kelly's / tab20-like order).
+CLASS_COLOURS = np.array(
+    [
+        [31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189],
+        [140, 86, 75], [227, 119, 194], [127, 127, 127], [188, 189, 34], [23, 190, 207],
+        [174, 199, 232], [255, 187, 120], [152, 223, 138], [255, 152, 150], [197, 176, 213],
+        [196, 156, 148], [247, 182, 210], [199, 199, 199], [219, 219, 141], [158, 218, 229],
+    ],
+    dtype=np.uint8,
+)  # fmt: skip
+
+
+def position_map(values: torch.Tensor, size: int = 224, scale: tuple[float, float] | None = None):
+    """A map over occluder positions (Py, Px) as an enlarged heat map; `scale` fixes the value
+    range shown dark to bright (e.g. (0, 1) for probabilities), default: the map's own range."""
+    values = values.detach().float().cpu()
+    shown = minmax(values) if scale is None else (values - scale[0]) / (scale[1] - scale[0])
+    return heatmap(enlarge(shown, display_scale(values.shape[-1], size)))
+
+
+def class_map(classes: torch.Tensor, names: list[str], size: int = 224) -> np.ndarray:
+    """Most-probable-class map (Py, Px) in categorical colours, with a legend of the classes
+    that occur (colour swatch + name) below it."""
+    classes = classes.detach().cpu().long()
+    colours = CLASS_COLOURS[classes.numpy() % len(CLASS_COLOURS)]
+    factor = display_scale(classes.shape[-1], size)
+    tiles = np.repeat(np.repeat(colours, factor, axis=0), factor, axis=1)
+    present = sorted(set(classes.flatten().tolist()))
+    line = 14
+    legend = Image.new("RGB", (tiles.shape[1], line * len(present) + 4), "white")
+    draw = ImageDraw.Draw(legend)
+    for row, index in enumerate(present):
+        top = 2 + row * line
+        colour = tuple(int(c) for c in CLASS_COLOURS[index % len(CLASS_COLOURS)])
+        draw.rectangle([2, top + 1, 12, top + 11], fill=colour)
+        name = names[index] if 0 <= index < len(names) else str(index)
+        draw.text((16, top), f"{index}: {name}", fill="black", font=ImageFont.load_default())
+    return np.concatenate([tiles, np.asarray(legend)], axis=0)
+
+
+def occluder_grid(
+    image: torch.Tensor,
+    ys: torch.Tensor,
+    xs: torch.Tensor,
+    window: int,
+    square: tuple[int, int],
+    size: int = 224,
+) -> np.ndarray:
+    """The [0, 1] image (C, H, W) enlarged, with a dot at the centre of every occluder position
+    and the grey occluder drawn at `square` (y, x) — panel (a) of Zeiler & Fergus Fig. 7."""
+    factor = display_scale(image.shape[-1], size)
+    canvas = Image.fromarray(to_uint8(enlarge(image.detach().float().cpu(), factor)))
+    draw = ImageDraw.Draw(canvas, "RGBA")
+    y, x = square
+    draw.rectangle(
+        [x * factor, y * factor, (x + window) * factor - 1, (y + window) * factor - 1],
+        fill=(128, 128, 128, 200),
+        outline=(255, 255, 255, 255),
+    )
+    half = window * factor / 2
+    for cy in ys.tolist():
+        for cx in xs.tolist():
+            centre = (cx * factor + half, cy * factor + half)
+            draw.point(centre, fill=(255, 64, 64, 255))
+    return np.asarray(canvas)
+
+
+def panel_row(panels: list[tuple[str, np.ndarray]]) -> np.ndarray:
+    """Captioned panels left to right: a figure row such as Fig. 7's (a)-(e)."""
+    return side_by_side([caption(image, title) for title, image in panels])
