@@ -62,3 +62,28 @@ def cache(tmp_path, monkeypatch):
     """An empty convlens cache for the test."""
     monkeypatch.setenv("CONVLENS_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
+
+
+@pytest.fixture(scope="session")
+def trained_default(tmp_path_factory):
+    """The built-in default exactly as `convlens demo` uses it: the default recipe (8 epochs,
+    about 8 minutes on 2 cores), trained once per machine into the user cache where load_model
+    finds it, and reused after. A cache holding a model of another recipe is left alone (the
+    default is then trained into a temporary folder). Returns (LoadedModel, checkpoint folder)."""
+    import json
+    from dataclasses import asdict
+
+    from convlens.data.fashion_mnist import DEBIAN_DIR
+    from convlens.models.loading import load_model
+    from convlens.training import TrainConfig, default_model_dir, train
+
+    if not DEBIAN_DIR.exists():
+        pytest.skip("needs Debian's dataset-fashion-mnist")
+    recipe = json.loads(json.dumps(asdict(TrainConfig())))
+    folder = default_model_dir("zfnet-fashion")
+    meta = folder / "final.json"
+    if meta.exists() and json.loads(meta.read_text()).get("config") != recipe:
+        folder = tmp_path_factory.mktemp("trained")
+    if not (folder / "final.json").exists():
+        train(TrainConfig(), folder, progress=False)
+    return load_model("zfnet-fashion", str(folder / "final.safetensors")), folder

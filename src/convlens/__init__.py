@@ -11,7 +11,7 @@ Example:
     ReceptiveField(size=(11, 11), stride=(2, 2), offset=(-5, -5))
 """
 
-from convlens import data
+from convlens import data, synthesis
 from convlens._errors import ConvlensError
 from convlens.analysis import DeadUnits, conv_layers, dead_units, feature_maps, filter_rms
 from convlens.attribution import deconvnet, gradient, guided_backprop, saliency
@@ -20,6 +20,7 @@ from convlens.models.layers import LayerInfo, ReceptiveField, receptive_field, t
 from convlens.models.loading import LoadedModel, load_model
 from convlens.occlusion import Occlusion, occlusion
 from convlens.scan import ScanResult, TopK, scan
+from convlens.synthesis import fgsm, fooling_image, invert, synthesize
 from convlens.units import Unit
 
 __version__ = "0.1.0"
@@ -41,13 +42,18 @@ __all__ = [
     "dead_units",
     "deconvnet",
     "feature_maps",
+    "fgsm",
     "filter_rms",
+    "fooling_image",
     "gradient",
     "guided_backprop",
+    "invert",
     "load_model",
     "occlusion",
     "receptive_field",
     "saliency",
     "scan",
+    "synthesis",
+    "synthesize",
     "trace_layers",
 ]

@@ -111,9 +111,7 @@ def project(
     count = len(images)
     units = _units(target, count)
     x = images.detach().to(model_device(model)).requires_grad_(True)
-    with preserved_state(model, training=False):
-        for param in model.parameters():
-            param.requires_grad_(False)  # input gradients only: no parameter .grad
+    with preserved_state(model, training=False, frozen=True):
         layers = sorted({unit.layer for unit in units}) if units else []
         with (
             capture(model, layers, detach=False) as acts,

@@ -350,6 +350,133 @@ def _occlude(args: argparse.Namespace) -> None:
         )
 
 
+def _synthesize_arguments(parser: argparse.ArgumentParser) -> None:
+    from convlens.synthesis import PRESETS
+
+    _model_arguments(parser)
+    parser.add_argument(
+        "--objective",
+        help="LAYER:CHANNEL (mean of a map), LAYER:CHANNEL:Y:X (a neuron) or class:C "
+        "(default: a class model of every class, first 10 for larger models)",
+    )
+    parser.add_argument("--classes", help="comma-separated classes for class models")
+    parser.add_argument("--preset", default="lucid", choices=sorted(PRESETS))
+    parser.add_argument("--steps", type=int, help="override the preset's step count")
+    parser.add_argument("--size", type=int, help="image side (default: the model's input)")
+    parser.add_argument("--n", type=int, default=1, help="images per objective (default: 1)")
+    parser.add_argument(
+        "--diversity", type=float, default=0.0, help="weight pushing the n images apart"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    _out_argument("convlens-synthesize")(parser)
+
+
+@command(
+    "synthesize",
+    "class model visualisation and activation maximisation (Simonyan, Yosinski, Lucid presets)",
+    _synthesize_arguments,
+)
+def _synthesize(args: argparse.Namespace) -> None:
+    from convlens.pipelines import write_synthesis
+    from convlens.synthesis import as_objective, class_score, synthesize
+
+    loaded = _load(args)
+    if args.objective:
+        objective, count = as_objective(args.objective), args.n
+        labels = [f"{args.objective} #{i}" for i in range(count)]
+    else:
+        classes = (
+            [int(c) for c in args.classes.split(",")]
+            if args.classes
+            else list(range(min(len(loaded.classes), 10)))
+        )
+        classes = [c for c in classes for _ in range(args.n)]
+        objective, count = class_score(classes), len(classes)
+        labels = [
+            f"{c}: {loaded.classes[c]}" if c < len(loaded.classes) else str(c) for c in classes
+        ]
+    result = synthesize(
+        loaded,
+        objective,
+        preset=args.preset,
+        steps=args.steps,
+        size=args.size,
+        n=count,
+        seed=args.seed,
+        diversity_weight=args.diversity,
+        progress=True,
+    )
+    path = write_synthesis(result, labels, args.out, f"synthesis-{args.preset}")
+    print(f"{result.preset.describe()}\nwrote {path} and its .npz")
+
+
+def _invert_arguments(parser: argparse.ArgumentParser) -> None:
+    _model_arguments(parser)
+    parser.add_argument("--image", required=True, help="image file or sample:<name>")
+    parser.add_argument("--layer", required=True, help="layer whose code is inverted")
+    parser.add_argument("--steps", type=int, default=300)
+    _out_argument("convlens-invert")(parser)
+
+
+@command(
+    "invert",
+    "reconstruct an image from its code at a layer (Mahendran & Vedaldi)",
+    _invert_arguments,
+)
+def _invert(args: argparse.Namespace) -> None:
+    from convlens.data import open_image
+    from convlens.pipelines import write_inversion
+    from convlens.synthesis import invert
+
+    loaded = _load(args)
+    image = loaded.transform(open_image(args.image))
+    result = invert(loaded, args.layer, image, steps=args.steps, progress=True)
+    path = write_inversion(loaded, image, result, args.out)
+    print(f"normalised feature distance {float(result.distance[-1, 0]):.4f}; wrote {path}")
+
+
+def _fool_arguments(parser: argparse.ArgumentParser) -> None:
+    _model_arguments(parser)
+    parser.add_argument("--image", required=True, help="image file or sample:<name>")
+    parser.add_argument("--target-class", type=int, required=True)
+    parser.add_argument(
+        "--data",
+        help="also attack this dataset's first --count images with FGSM and its iterative form",
+    )
+    parser.add_argument("--count", type=int, default=512)
+    parser.add_argument("--eps", default="0.01,0.03,0.1", help="FGSM budgets in [0, 1] pixel units")
+    _out_argument("convlens-fool")(parser)
+
+
+@command(
+    "fool",
+    "fooling image toward a chosen class; FGSM accuracy drop on a dataset",
+    _fool_arguments,
+)
+def _fool(args: argparse.Namespace) -> None:
+    from convlens.data import open_image
+    from convlens.pipelines import write_adversarial_accuracy, write_fooling
+    from convlens.synthesis import fooling_image
+
+    loaded = _load(args)
+    image = loaded.transform(open_image(args.image))
+    fooled = fooling_image(loaded.model, image, args.target_class)
+    path = write_fooling(loaded, image, fooled, args.out)
+    verdict = f"fooled in {fooled.steps} steps" if fooled.fooled else "not fooled"
+    print(f"{verdict} (p = {float(fooled.target_prob[-1]):.3f}); wrote {path}")
+    if args.data:
+        from convlens.data import open_data
+
+        data = open_data(args.data, loaded.transform)
+        budgets = [float(e) for e in args.eps.split(",")]
+        table = write_adversarial_accuracy(loaded, data, budgets, args.count, args.out)
+        for row in table:
+            print(
+                f"eps {row['eps']}: accuracy {row['clean']:.3f} clean, {row['fgsm']:.3f} FGSM, "
+                f"{row['iterative']:.3f} iterative"
+            )
+
+
 def _scan_arguments(parser: argparse.ArgumentParser) -> None:
     _model_arguments(parser)
     parser.add_argument(

@@ -46,14 +46,20 @@ def registered_hooks() -> Iterator[list[RemovableHandle]]:
 
 
 @contextmanager
-def preserved_state(model: nn.Module, *, training: bool | None = False) -> Iterator[nn.Module]:
+def preserved_state(
+    model: nn.Module, *, training: bool | None = False, frozen: bool = False
+) -> Iterator[nn.Module]:
     """Put `model` in train/eval mode (`training`, None keeps it) and restore every module's own
-    mode and every parameter's `requires_grad` on exit, also on error."""
+    mode and every parameter's `requires_grad` on exit, also on error. With `frozen`, parameters
+    do not require gradients inside (input gradients only: no parameter `.grad` is written)."""
     modes = [(module, module.training) for module in model.modules()]
     grads = [(param, param.requires_grad) for param in model.parameters()]
     try:
         if training is not None:
             model.train(training)
+        if frozen:
+            for param, _ in grads:
+                param.requires_grad_(False)
         yield model
     finally:
         for module, mode in modes:

@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from convlens import render
+from convlens._errors import ConvlensError
 from convlens.analysis.evaluate import accuracy
 from convlens.analysis.filters import (
     DeadUnits,
@@ -30,6 +31,15 @@ from convlens.models.loading import LoadedModel
 from convlens.occlusion import Occlusion, occlusion
 from convlens.report import write_json, write_npz, write_page, write_png
 from convlens.scan import ScanResult, TopK
+from convlens.synthesis import (
+    Fooling,
+    Inversion,
+    Synthesis,
+    class_score,
+    fgsm,
+    iterative_fgsm,
+    synthesize,
+)
 from convlens.units import Unit
 
 
@@ -188,6 +198,86 @@ def write_occlusion(loaded: LoadedModel, image: torch.Tensor, maps: Occlusion, o
     return write_png(out / "occlusion.png", render.panel_row(panels))
 
 
+def write_synthesis(result: Synthesis, labels: list[str], out: Path, name: str) -> Path:
+    """Synthesised images as a captioned grid `<name>.png`, raw arrays and trace in `<name>.npz`."""
+    write_npz(
+        out / f"{name}.npz",
+        images=result.images.cpu().numpy(),
+        inputs=result.inputs.cpu().numpy(),
+        trace=result.trace.numpy(),
+    )
+    return write_png(out / f"{name}.png", render.labelled_tiles(result.images, labels))
+
+
+def write_inversion(loaded: LoadedModel, image: torch.Tensor, result: Inversion, out: Path) -> Path:
+    """The image beside its reconstruction from the code at `result.layer`."""
+    distance = float(result.distance[-1, 0])
+    panels = [
+        ("original", render.picture(loaded.transform.denormalize(image))),
+        (f"from {result.layer} (distance {distance:.3f})", render.picture(result.images[0])),
+    ]
+    write_npz(
+        out / "inversion.npz",
+        image=result.inputs[0].cpu().numpy(),
+        distance=result.distance.numpy(),
+    )
+    return write_png(out / "inversion.png", render.panel_row(panels))
+
+
+def write_fooling(loaded: LoadedModel, image: torch.Tensor, fooled: Fooling, out: Path) -> Path:
+    """Original, fooling image and their difference (stretched around zero), with predictions."""
+    with torch.no_grad():
+        before = int(loaded.model(image[None].to(fooled.image.device)).argmax())
+        after = int(loaded.model(fooled.image[None]).argmax())
+    panels = [
+        (
+            f"original: {_class_name(loaded, before)}",
+            render.picture(loaded.transform.denormalize(image)),
+        ),
+        (
+            f"now: {_class_name(loaded, after)}",
+            render.picture(loaded.transform.denormalize(fooled.image)),
+        ),
+        ("difference", render.signed_image(fooled.image.cpu() - image.cpu())),
+    ]
+    write_npz(
+        out / "fooling.npz",
+        image=fooled.image.cpu().numpy(),
+        target_prob=fooled.target_prob.numpy(),
+    )
+    return write_png(out / "fooling.png", render.panel_row(panels))
+
+
+def write_adversarial_accuracy(
+    loaded: LoadedModel, data: Dataset, budgets: Sequence[float], count: int, out: Path
+) -> list[dict]:
+    """Accuracy on the first `count` labelled images, clean and under FGSM and iterative FGSM
+    for each budget (in [0, 1] pixel units), written to `adversarial.json`."""
+    items = [data[i] for i in range(min(count, len(data)))]
+    images = torch.stack([image for image, _ in items])
+    labels = torch.tensor([label for _, label in items])
+    if bool((labels < 0).any()):
+        raise ConvlensError("FGSM needs labelled images; this dataset has none")
+    scale = max(loaded.transform.std)
+
+    def accuracy(x: torch.Tensor) -> float:
+        with torch.no_grad():
+            return round(float((loaded.model(x).argmax(dim=1) == labels).float().mean()), 4)
+
+    clean = accuracy(images)
+    table = [
+        {
+            "eps": eps,
+            "clean": clean,
+            "fgsm": accuracy(fgsm(loaded.model, images, labels, eps / scale)),
+            "iterative": accuracy(iterative_fgsm(loaded.model, images, labels, eps / scale)),
+        }
+        for eps in budgets
+    ]
+    write_json(out / "adversarial.json", {"images": len(items), "accuracy": table})
+    return table
+
+
 def layer_rows(infos: dict[str, LayerInfo], dead: dict[str, DeadUnits] | None = None) -> list[dict]:
     """Printable rows (name, kind, output shape, receptive field, dead units) of a layer table."""
     rows = []
@@ -287,6 +377,22 @@ def write_demo(
         sections.append(
             {"title": f"Feature maps of test image {index}", "text": "", "figures": figures}
         )
+    classes = list(range(len(loaded.classes)))
+    models = synthesize(loaded, class_score(classes), preset="lucid", n=len(classes))
+    labels = [f"{c}: {name}" for c, name in enumerate(loaded.classes)]
+    sections.append(
+        {
+            "title": "Class models",
+            "text": "Images that maximise each class score (Lucid recipe: Fourier image, "
+            "Adam, transformation robustness).",
+            "figures": [
+                {
+                    "src": write_synthesis(models, labels, out, "class-models").name,
+                    "caption": "class models, lucid preset",
+                }
+            ],
+        }
+    )
     return write_page(
         out / "index.html",
         "demo.html.j2",

@@ -290,3 +290,21 @@ def occluder_grid(
 def panel_row(panels: list[tuple[str, np.ndarray]]) -> np.ndarray:
     """Captioned panels left to right: a figure row such as Fig. 7's (a)-(e)."""
     return side_by_side([caption(image, title) for title, image in panels])
+
+
+def labelled_tiles(
+    images: torch.Tensor, labels: list[str], columns: int = 5, size: int = 112
+) -> np.ndarray:
+    """[0, 1] images (N, C, H, W) enlarged to about `size` pixels, each captioned with its
+    label, in rows of `columns` (class-model grids with class names)."""
+    tiles = [
+        caption(picture(image, size), label[: max(4, size // 6)])
+        for image, label in zip(images, labels)
+    ]
+    rows = [side_by_side(tiles[i : i + columns], gap=4) for i in range(0, len(tiles), columns)]
+    width = max(row.shape[1] for row in rows)
+    padded = [
+        np.pad(row, ((0, 4), (0, width - row.shape[1]), (0, 0)), constant_values=255)
+        for row in rows
+    ]
+    return np.concatenate(padded, axis=0)

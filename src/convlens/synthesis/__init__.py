@@ -1,0 +1,36 @@
+"""Synthesis: images made by optimisation. Class models and unit maximisation (`synthesize`),
+inversion of a code (`invert`), fooling images and adversarial examples."""
+
+from convlens.synthesis.adversarial import Fooling, fgsm, fooling_image, iterative_fgsm
+from convlens.synthesis.invert import Inversion, feature_distance, invert
+from convlens.synthesis.objectives import (
+    Objective,
+    as_objective,
+    channel,
+    class_score,
+    diversity,
+    neuron,
+)
+from convlens.synthesis.optimize import Synthesis, synthesize, total_variation
+from convlens.synthesis.presets import PRESETS, Preset
+
+__all__ = [
+    "PRESETS",
+    "Fooling",
+    "Inversion",
+    "Objective",
+    "Preset",
+    "Synthesis",
+    "as_objective",
+    "channel",
+    "class_score",
+    "diversity",
+    "feature_distance",
+    "fgsm",
+    "fooling_image",
+    "invert",
+    "iterative_fgsm",
+    "neuron",
+    "synthesize",
+    "total_variation",
+]

@@ -1,0 +1,244 @@
+"""The synthesis loop: parameterise an image, transform it, run the model, step toward the
+objective, apply the image priors. Shared by class models, unit maximisation and inversion."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, replace
+
+import torch
+import torchvision.transforms.v2.functional as TF
+from torch import nn
+from tqdm.auto import tqdm
+
+from convlens._errors import ConvlensError, unknown_name_error
+from convlens.hooks import capture, model_device, preserved_state
+from convlens.models.loading import LoadedModel
+from convlens.models.preprocess import Preprocess
+from convlens.render import signed_stretch
+from convlens.synthesis import transforms as T
+from convlens.synthesis.objectives import Objective, as_objective, diversity
+from convlens.synthesis.parameterization import FourierImage, PixelImage
+from convlens.synthesis.presets import PRESETS, Preset
+
+REFERENCE_SIDE = 224  # the image side the sources' pixel amounts were chosen for
+CAFFE_SIDE = 227  # Yosinski et al.'s image side: blur radii shrink in proportion below it
+IMAGENET = Preprocess(3, (224, 224), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+@dataclass
+class Synthesis:
+    """`images` (N, C, H, W) in [0, 1] for display (see `display`), `inputs` the images in the
+    model's input space, `trace` (steps, N) the objective per step, and what produced them."""
+
+    images: torch.Tensor
+    inputs: torch.Tensor
+    trace: torch.Tensor
+    objective: str
+    preset: Preset
+
+
+def resolve_model(
+    model: nn.Module | LoadedModel, preprocess: Preprocess | None = None
+) -> tuple[nn.Module, Preprocess]:
+    """The module and its preprocessing: a LoadedModel's own; for a bare module `preprocess`,
+    or ImageNet statistics at 224x224 for a 3-channel first convolution, else identity."""
+    if isinstance(model, LoadedModel):
+        return model.model, preprocess or model.transform
+    if preprocess is not None:
+        return model, preprocess
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    channels = first.in_channels if first is not None else 3
+    if channels == 3:
+        return model, IMAGENET
+    return model, Preprocess(channels, (224, 224), (0.0,) * channels, (1.0,) * channels)
+
+
+def preset_named(name: str | Preset, **overrides: object) -> Preset:
+    """A preset by name (close matches on a typo), with fields replaced by `overrides`."""
+    if isinstance(name, Preset):
+        preset = name
+    elif name in PRESETS:
+        preset = PRESETS[name]
+    else:
+        raise unknown_name_error("preset", name, list(PRESETS))
+    return replace(preset, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def build_transforms(preset: Preset, prep: Preprocess, device: torch.device) -> T.Transform:
+    """The preset's transform chain in input space (grey padding = the normalised 0.5), then
+    `fit` to the model's input size.
+    Pad and jitter amounts were set for models with 224-pixel inputs; for smaller inputs they
+    shrink in proportion (a 12-pixel pad on a 28-pixel image would be most of the picture)."""
+    grey = prep.normalize(torch.full((prep.channels, 1, 1), 0.5, device=device)).flatten()
+
+    def pixels(amount: int) -> int:
+        return max(1, round(amount * min(prep.size[0], REFERENCE_SIDE) / REFERENCE_SIDE))
+
+    makers = {
+        "pad": lambda width: T.pad(pixels(width), grey),
+        "jitter": lambda shift: T.jitter(pixels(shift)),
+        "scale": T.random_scale,
+        "rotate": T.random_rotate,
+    }
+    chain = [makers[kind](value) for kind, value in preset.transforms]
+    return T.compose([*chain, T.fit(prep.size)])
+
+
+def total_variation(image: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
+    """Sum over pixels of (dx^2 + dy^2)^(beta / 2), per image (N,)."""
+    dx = image[..., :-1, 1:] - image[..., :-1, :-1]
+    dy = image[..., 1:, :-1] - image[..., :-1, :-1]
+    return (dx.pow(2) + dy.pow(2) + 1e-12).pow(beta / 2).flatten(1).sum(dim=1)
+
+
+def synthesize(
+    model: nn.Module | LoadedModel,
+    objective: Objective | int | str,
+    *,
+    preset: str | Preset = "lucid",
+    steps: int | None = None,
+    size: int | None = None,
+    n: int = 1,
+    seed: int = 0,
+    diversity_weight: float = 0.0,
+    preprocess: Preprocess | None = None,
+    progress: bool = False,
+    **overrides: object,
+) -> Synthesis:
+    """Images that maximise `objective` (class index, "layer:channel", Objective, ...).
+
+    Example:
+        >>> result = synthesize(loaded, 7, preset="lucid")  # doctest: +SKIP
+        >>> result.images.shape  # the "Sneaker" class model of the built-in network
+        torch.Size([1, 1, 28, 28])
+
+    Args:
+        preset: a name from `PRESETS` (simonyan, yosinski-1..4, lucid, distill) or a Preset.
+        steps: override the preset's step count; `overrides` replace any other Preset field.
+        size: side of the optimised image (default: the model's input size); smaller images are
+            upsampled to the input size before the forward.
+        n: images per objective; with `diversity_weight`, the n images are pushed apart.
+        preprocess: the model's normalisation when `model` is a bare module.
+    """
+    module, prep = resolve_model(model, preprocess)
+    preset = preset_named(preset, steps=steps, **overrides)
+    objective = as_objective(objective)
+    if diversity_weight and n > 1:
+        layer = min(objective.layers) if objective.layers else _first_conv(module)
+        objective = objective + diversity_weight * diversity(layer)
+    device = model_device(module)
+    generator = torch.Generator().manual_seed(seed)
+    side = size or prep.size[0]
+    shape = (n, prep.channels, side, side)
+    pixel_scale = 255 * torch.tensor(prep.std, device=device).view(1, -1, 1, 1)
+    if preset.parameterization == "fourier":
+        image = FourierImage(shape, generator, device, prep.normalize)
+    elif preset.parameterization == "pixels":
+        image = PixelImage(shape, generator, device, preset.init_std / pixel_scale.cpu())
+    else:
+        raise ConvlensError(f"unknown parameterization {preset.parameterization!r}")
+    transform = build_transforms(preset, prep, device)
+    adam = torch.optim.Adam(image.params, lr=preset.lr) if preset.optimizer == "adam" else None
+    trace: list[torch.Tensor] = []
+    with (
+        preserved_state(module, training=False, frozen=True),
+        capture(
+            module, sorted(objective.layers), detach=False, stop=not objective.needs_logits
+        ) as acts,
+    ):
+        try:
+            for step in tqdm(range(preset.steps), desc="synthesize", disable=not progress):
+                current = image()
+                logits = acts.forward(transform(current, generator))
+                value = objective(acts, logits)
+                loss = -value.sum()
+                if preset.l2:
+                    loss = loss + preset.l2 * current.pow(2).sum()
+                if preset.tv:
+                    loss = loss + preset.tv * total_variation(current).sum()
+                grads = torch.autograd.grad(loss, image.params)
+                with torch.no_grad():
+                    if adam is not None:
+                        for param, grad in zip(image.params, grads):
+                            param.grad = grad
+                        adam.step()
+                    else:
+                        _ascent(image.tensor, -grads[0], preset, pixel_scale)
+                    if isinstance(image, PixelImage):
+                        _priors(image.tensor, -grads[0], step, preset, pixel_scale)
+                trace.append(value.detach().float().cpu())
+        except KeyboardInterrupt:
+            warnings.warn(
+                f"interrupted at step {len(trace)}; returning the image so far", stacklevel=2
+            )
+    with torch.no_grad():
+        final = image().detach()
+    return Synthesis(
+        images=display(final, prep, stretch=isinstance(image, PixelImage)),
+        inputs=final,
+        trace=torch.stack(trace) if trace else torch.empty(0, n),
+        objective=objective.name,
+        preset=preset,
+    )
+
+
+def display(inputs: torch.Tensor, prep: Preprocess, stretch: bool) -> torch.Tensor:
+    """Input-space images → [0, 1]. Unbounded pixel parameterisations are contrast-stretched
+    per image around the mean (grey), their 99.5th percentile deviation reaching black or white,
+    as Simonyan's and Yosinski's figures are stretched; bounded ones are shown as they are."""
+    if not stretch:
+        return prep.denormalize(inputs)
+    std = torch.tensor(prep.std, device=inputs.device).view(1, -1, 1, 1)
+    return signed_stretch(inputs * std, dims=(1, 2, 3), quantile=0.995)
+
+
+def _first_conv(module: nn.Module) -> str:
+    for name, child in module.named_modules():
+        if isinstance(child, nn.Conv2d):
+            return name
+    raise ConvlensError("diversity needs a conv layer; the model has none")
+
+
+def _ascent(
+    x: torch.Tensor, ascent: torch.Tensor, preset: Preset, pixel_scale: torch.Tensor
+) -> None:
+    """One plain gradient-ascent step in place. With `pixel_units` the step is taken as in
+    0-255 pixel space (Caffe) and mapped back; the "progress" policy picks the step that would
+    raise a linear objective by `desired_progress`, capped at `lr`."""
+    if not preset.pixel_units:
+        x.add_(preset.lr * ascent)
+        return
+    pixel_gradient = ascent / pixel_scale
+    lr = preset.lr
+    if preset.lr_policy == "progress":
+        lr = min(lr, preset.desired_progress / max(float(pixel_gradient.pow(2).sum()), 1e-12))
+    x.add_(lr * pixel_gradient / pixel_scale)
+
+
+def _priors(
+    x: torch.Tensor, ascent: torch.Tensor, step: int, preset: Preset, pixel_scale: torch.Tensor
+) -> None:
+    """Yosinski et al.'s four image priors, in place and in their order: decay, blur every k
+    steps, zero pixels of small norm, zero pixels of small contribution. The blur radius was set
+    for 227-pixel images and shrinks in proportion for smaller ones."""
+    if preset.decay:
+        x.mul_(1 - preset.decay)
+    if preset.blur_every and preset.blur_radius and step % preset.blur_every == 0:
+        sigma = preset.blur_radius * min(min(x.shape[-2:]) / CAFFE_SIDE, 1.0)
+        radius = max(1, math.ceil(3 * sigma))
+        kernel = min(2 * radius + 1, 2 * ((min(x.shape[-2:]) - 1) // 2) + 1)
+        x.copy_(TF.gaussian_blur(x, [kernel, kernel], [sigma, sigma]))
+    if preset.norm_percentile:
+        norms = (x * pixel_scale).norm(dim=1)
+        x.mul_((norms >= _percentile(norms, preset.norm_percentile)).unsqueeze(1))
+    if preset.contribution_percentile:
+        contribution = (-x * ascent).sum(dim=1).abs()  # the objective's change if set to zero
+        keep = contribution >= _percentile(contribution, preset.contribution_percentile)
+        x.mul_(keep.unsqueeze(1))
+
+
+def _percentile(values: torch.Tensor, percent: float) -> torch.Tensor:
+    """Per image (N, H, W) → (N, 1, 1): the `percent` percentile of its values."""
+    return values.flatten(1).quantile(percent / 100, dim=1).view(-1, 1, 1)

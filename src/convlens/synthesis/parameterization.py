@@ -1,0 +1,86 @@
+"""How a synthesised image is parameterised. Each returns images in the model's input space.
+
+- `PixelImage`: the input tensor itself (Simonyan 2014, Yosinski 2015); in-place image priors
+  (decay, blur, clipping) act on it directly.
+- `FourierImage`: a scaled spectrum turned into pixels by an inverse real FFT, colours
+  decorrelated for 3-channel images, squashed to [0, 1] by a sigmoid and then normalised like
+  the model's input (Olah et al. 2017, Lucid). Low frequencies get most of the step, which
+  removes the high-frequency noise plain pixel ascent produces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+# The square root of ImageNet's colour correlation, as Lucid uses it (columns normalised by
+# their largest norm before use): a step in these coordinates changes colour the way natural
+# images vary, not channel by channel.
+COLOR_CORRELATION_SQRT = torch.tensor(
+    [[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]]
+)
+FOURIER_SCALE = 4.0  # Lucid's constant dividing the inverse FFT (keeps the sigmoid unsaturated)
+
+
+class PixelImage:
+    """The input-space image (N, C, H, W) is the parameter; init 0 (the mean image) or noise."""
+
+    def __init__(
+        self,
+        shape: tuple[int, int, int, int],
+        generator: torch.Generator,
+        device: torch.device,
+        init_std: float = 0.0,
+    ) -> None:
+        self.tensor = (torch.randn(shape, generator=generator) * init_std).to(device)
+        self.tensor.requires_grad_(True)
+
+    @property
+    def params(self) -> list[torch.Tensor]:
+        return [self.tensor]
+
+    def __call__(self) -> torch.Tensor:
+        return self.tensor
+
+
+def spectrum_scale(height: int, width: int, decay_power: float = 1.0) -> torch.Tensor:
+    """(H, W // 2 + 1): 1 / frequency ** decay_power, frequencies below 1 / max(H, W) clamped."""
+    fy = torch.fft.fftfreq(height)[:, None]
+    fx = torch.fft.rfftfreq(width)[None, :]
+    frequency = (fy**2 + fx**2).sqrt()
+    return 1.0 / frequency.clamp(min=1.0 / max(height, width)) ** decay_power
+
+
+class FourierImage:
+    """A spectral parameterisation with decorrelated colour (see the module docstring)."""
+
+    def __init__(
+        self,
+        shape: tuple[int, int, int, int],
+        generator: torch.Generator,
+        device: torch.device,
+        normalize: Callable[[torch.Tensor], torch.Tensor],
+        sd: float = 0.01,
+        decay_power: float = 1.0,
+        decorrelate: bool = True,
+    ) -> None:
+        count, channels, height, width = shape
+        self.size = (height, width)
+        self.normalize = normalize
+        self.scale = spectrum_scale(height, width, decay_power).to(device)[..., None]
+        spectrum = torch.randn(count, channels, height, width // 2 + 1, 2, generator=generator)
+        self.spectrum = (spectrum * sd).to(device).requires_grad_(True)
+        colour = COLOR_CORRELATION_SQRT / COLOR_CORRELATION_SQRT.norm(dim=0).max()
+        self.colour = colour.to(device) if decorrelate and channels == 3 else None
+
+    @property
+    def params(self) -> list[torch.Tensor]:
+        return [self.spectrum]
+
+    def __call__(self) -> torch.Tensor:
+        spectrum = torch.view_as_complex((self.scale * self.spectrum).contiguous())
+        image = torch.fft.irfft2(spectrum, s=self.size, norm="ortho") / FOURIER_SCALE
+        if self.colour is not None:
+            image = torch.einsum("nchw,dc->ndhw", image, self.colour)
+        return self.normalize(torch.sigmoid(image))
