@@ -477,6 +477,189 @@ def _fool(args: argparse.Namespace) -> None:
             )
 
 
+def _embed_arguments(parser: argparse.ArgumentParser) -> None:
+    _model_arguments(parser)
+    parser.add_argument(
+        "--data", default="fashion-mnist", help="dataset spec (default: test split)"
+    )
+    parser.add_argument(
+        "--n", type=int, default=2500, help="images to embed (a square number fills the mosaic)"
+    )
+    _out_argument("convlens-embed")(parser)
+
+
+@command(
+    "embed",
+    "t-SNE of CNN codes: a hole-free image mosaic, a scatter plot by class, coordinates CSV",
+    _embed_arguments,
+)
+def _embed(args: argparse.Namespace) -> None:
+    from convlens.data import open_data
+    from convlens.pipelines import write_embedding
+
+    loaded = _load(args)
+    written = write_embedding(loaded, open_data(args.data, loaded.transform), args.n, args.out)
+    print(f"wrote {', '.join(p.name for p in written)} and embedding.csv to {args.out}")
+
+
+def _neighbours_arguments(parser: argparse.ArgumentParser) -> None:
+    _model_arguments(parser)
+    parser.add_argument(
+        "--queries", default="fashion-mnist", help="dataset spec of the query images"
+    )
+    parser.add_argument(
+        "--indices", default="0,1,2,3,4", help="which query images (default: 0,1,2,3,4)"
+    )
+    parser.add_argument(
+        "--gallery", default="fashion-mnist:train", help="dataset spec searched (default: train)"
+    )
+    parser.add_argument("--k", type=int, default=6)
+    _out_argument("convlens-neighbours")(parser)
+
+
+@command(
+    "neighbours",
+    "nearest training images of each query in feature space and in pixel space",
+    _neighbours_arguments,
+)
+def _neighbours(args: argparse.Namespace) -> None:
+    from torch.utils.data import Subset
+
+    from convlens.data import open_data
+    from convlens.pipelines import write_neighbours
+
+    loaded = _load(args)
+    queries = open_data(args.queries, loaded.transform)
+    chosen = Subset(queries, [int(i) for i in args.indices.split(",")])
+    gallery = open_data(args.gallery, loaded.transform)
+    path = write_neighbours(loaded, chosen, gallery, args.k, args.out)
+    print(f"wrote {path}")
+
+
+def _evolve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", default="zfnet-fashion", help="built-in model whose checkpoints are read"
+    )
+    parser.add_argument(
+        "--checkpoints",
+        help="comma-separated weight files (default: the built-in model's epoch checkpoints)",
+    )
+    parser.add_argument("--data", default="fashion-mnist", help="dataset spec (default: test)")
+    parser.add_argument("--layers", help="comma-separated layers (default: every conv output)")
+    parser.add_argument("--channels", help="comma-separated channels (default: 0-7)")
+    _out_argument("convlens-evolve")(parser)
+
+
+@command(
+    "evolve",
+    "feature evolution over training: each map's strongest activation per checkpoint (Fig. 4)",
+    _evolve_arguments,
+)
+def _evolve(args: argparse.Namespace) -> None:
+    from convlens.analysis.evolution import evolution
+    from convlens.data import open_data
+    from convlens.models.loading import load_model
+    from convlens.pipelines import default_map_layers, write_evolution
+    from convlens.training import default_model_dir
+
+    if args.checkpoints:
+        checkpoints = args.checkpoints.split(",")
+    else:
+        load_model(args.model)  # trains the default once if needed
+        checkpoints = sorted(
+            str(p) for p in default_model_dir(args.model).glob("epoch-*.safetensors")
+        )
+    loaded = load_model(args.model, checkpoints[-1])
+    data = open_data(args.data, loaded.transform)
+    channels = [int(c) for c in args.channels.split(",")] if args.channels else None
+    layers = _layers_list(args.layers) or default_map_layers(loaded)
+    evo = evolution(checkpoints, data, layers, channels, spec=args.model, progress=True)
+    written = write_evolution(evo, data, args.model, args.out)
+    print(f"wrote {len(written)} evolution figures to {args.out}")
+
+
+def _diagnose_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--train-subset", type=int, default=20000)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--data", default="fashion-mnist", help="data for dead filters (test)")
+    _out_argument("convlens-diagnose")(parser)
+
+
+@command(
+    "diagnose",
+    "first-layer diagnosis (Fig. 6): train with and without feature scale clipping, and a coarse first layer",
+    _diagnose_arguments,
+)
+def _diagnose(args: argparse.Namespace) -> None:
+    from convlens.data import open_data
+    from convlens.models.loading import load_model
+    from convlens.pipelines import write_diagnosis
+    from convlens.training import TrainConfig, train
+
+    short = {
+        "epochs": args.epochs,
+        "train_subset": args.train_subset,
+        "lr": args.lr,
+        "checkpoint_epochs": (),
+    }
+    runs = {
+        "clipped": TrainConfig(clip_radius=0.1, **short),
+        "not clipped": TrainConfig(clip_radius=None, **short),
+        "coarse first layer": TrainConfig(model="zfnet-fashion-coarse", **short),
+    }
+    folders = {name: args.out / name.replace(" ", "-") for name in runs}
+    for name, config in runs.items():
+        train(config, folders[name])
+    data = open_data(args.data, load_model("zfnet-fashion").transform)
+    summary = write_diagnosis(folders, data, args.out)
+    for name, row in summary.items():
+        print(
+            f"{name}: test accuracy {row['test_accuracy']:.4f}, largest first-layer filter "
+            f"{row['largest_share']:.3f} of the total RMS, {len(row['dead_filters'])} dead"
+        )
+    print(f"wrote {args.out / 'diagnosis.png'}")
+
+
+def _invariance_arguments(parser: argparse.ArgumentParser) -> None:
+    _model_arguments(parser)
+    parser.add_argument("--data", default="fashion-mnist", help="dataset spec (default: test)")
+    parser.add_argument("--indices", default="0,1,2,3,4", help="images (default: 0-4)")
+    parser.add_argument(
+        "--transforms", default="translate,scale,rotate", help="which sweeps to run"
+    )
+    parser.add_argument(
+        "--layers", help="a low and a high layer (default: the first and last conv output)"
+    )
+    _out_argument("convlens-invariance")(parser)
+
+
+@command(
+    "invariance",
+    "feature distance and true-class probability under translation, scaling, rotation (Fig. 5)",
+    _invariance_arguments,
+)
+def _invariance(args: argparse.Namespace) -> None:
+    import torch
+
+    from convlens.analysis.invariance import invariance
+    from convlens.data import open_data
+    from convlens.pipelines import default_map_layers, write_invariance
+
+    loaded = _load(args)
+    data = open_data(args.data, loaded.transform)
+    items = [data[int(i)] for i in args.indices.split(",")]
+    images = torch.stack([image for image, _ in items])
+    labels = [label for _, label in items]
+    layers = _layers_list(args.layers) or [
+        default_map_layers(loaded)[0],
+        default_map_layers(loaded)[-1],
+    ]
+    for transform in args.transforms.split(","):
+        result = invariance(loaded.model, images, labels, layers, transform)
+        print(f"wrote {write_invariance(result, args.out)}")
+
+
 def _scan_arguments(parser: argparse.ArgumentParser) -> None:
     _model_arguments(parser)
     parser.add_argument(

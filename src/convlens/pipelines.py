@@ -6,16 +6,19 @@ the drawing in `convlens.render`, the writing in `convlens.report`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
 from convlens import render
 from convlens._errors import ConvlensError
 from convlens.analysis.evaluate import accuracy
+from convlens.analysis.evolution import Evolution, checkpoint_label, loaded_checkpoints
 from convlens.analysis.filters import (
     DeadUnits,
     conv_layers,
@@ -23,11 +26,14 @@ from convlens.analysis.filters import (
     dead_units,
     feature_maps,
     filter_rms,
+    largest_share,
     rectified_output,
 )
+from convlens.analysis.invariance import Invariance
 from convlens.attribution import METHODS, Target, deconvnet
+from convlens.embedding import codes, grid_layout, nearest_neighbours, tsne
 from convlens.models.layers import LayerInfo, ReceptiveField, receptive_field, trace_layers
-from convlens.models.loading import LoadedModel
+from convlens.models.loading import LoadedModel, load_model
 from convlens.occlusion import Occlusion, occlusion
 from convlens.report import write_json, write_npz, write_page, write_png
 from convlens.scan import ScanResult, TopK
@@ -278,6 +284,142 @@ def write_adversarial_accuracy(
     return table
 
 
+def write_embedding(
+    loaded: LoadedModel, data: Dataset, count: int, out: Path, *, progress: bool = True
+) -> list[Path]:
+    """t-SNE of the codes of the first `count` images (a square number is used: the mosaic has
+    no holes): the mosaic, the scatter plot coloured by class, and `embedding.csv`."""
+    side = int(np.sqrt(min(count, len(data))))
+    subset = Subset(data, range(side * side))
+    x = codes(loaded.model, subset, progress=progress)
+    xy = tsne(x)
+    layout = grid_layout(xy, side, side)
+    labels = np.array([subset[i][1] for i in range(len(subset))])
+    shown = torch.stack([loaded.transform.denormalize(subset[i][0]) for i in range(len(subset))])
+    cells = {int(index): (row, col) for (row, col), index in np.ndenumerate(layout)}
+    rows = ["index,label,x,y,row,col"] + [
+        f"{i},{labels[i]},{xy[i, 0]:.4f},{xy[i, 1]:.4f},{cells[i][0]},{cells[i][1]}"
+        for i in range(len(subset))
+    ]
+    (out / "embedding.csv").parent.mkdir(parents=True, exist_ok=True)
+    (out / "embedding.csv").write_text("\n".join(rows) + "\n")
+    return [
+        write_png(out / "tsne-mosaic.png", render.mosaic(shown, layout)),
+        write_png(out / "tsne-scatter.png", render.scatter(xy, labels, list(loaded.classes))),
+    ]
+
+
+def write_neighbours(
+    loaded: LoadedModel, queries: Dataset, gallery: Dataset, k: int, out: Path
+) -> Path:
+    """Each query (first column) with its k nearest gallery images: in feature space (upper
+    row) and in pixel space (lower row), as the lecture slides show them."""
+    found = nearest_neighbours(loaded.model, queries, gallery, k)
+    rows = []
+    for q in range(len(queries)):
+        query = loaded.transform.denormalize(queries[q][0])
+        for label, indices in (
+            ("features", found.feature_indices),
+            ("pixels", found.pixel_indices),
+        ):
+            images = [query] + [
+                loaded.transform.denormalize(gallery[int(i)][0]) for i in indices[q]
+            ]
+            names = [label] + [_class_name(loaded, gallery[int(i)][1]) for i in indices[q]]
+            rows.append(render.labelled_tiles(torch.stack(images), names, columns=k + 1, size=72))
+    width = max(row.shape[1] for row in rows)
+    figure = np.concatenate(
+        [np.pad(r, ((0, 6), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    )
+    write_json(
+        out / "neighbours.json",
+        {
+            "feature_indices": found.feature_indices.tolist(),
+            "pixel_indices": found.pixel_indices.tolist(),
+        },
+    )
+    return write_png(out / "neighbours.png", figure)
+
+
+def write_diagnosis(
+    runs: dict[str, Path], data: Dataset, out: Path, *, progress: bool = True
+) -> dict[str, dict]:
+    """Fig. 6: the first-layer filters of each trained run (name → checkpoint folder) side by
+    side, with per-filter RMS, the largest filter's share of the total RMS and the filters that
+    are dead (their map zero on more than 99 % of `data`), in `diagnosis.json` and
+    `diagnosis.png`."""
+    panels, summary = [], {}
+    for name, folder in runs.items():
+        meta = json.loads((folder / "final.json").read_text())
+        loaded = load_model(meta["config"]["model"], str(folder / "final.safetensors"))
+        first = conv_layers(loaded.model)[0]
+        weight = conv_weight(loaded.model, first)
+        rms = filter_rms(weight)
+        dead = dead_units(loaded.model, data, [first], progress=progress)[first]
+        summary[name] = {
+            "model": meta["config"]["model"],
+            "test_accuracy": meta["test_accuracy"],
+            "rms": [round(v, 5) for v in rms.tolist()],
+            "largest_share": round(largest_share(rms), 4),
+            "dead_filters": [i for i, d in enumerate(dead.dead.tolist()) if d],
+        }
+        title = f"{name}: largest share {largest_share(rms):.3f}, dead {dead.dead_count}"
+        panels.append((title, render.filter_grid(weight)))
+    write_json(out / "diagnosis.json", summary)
+    write_png(out / "diagnosis.png", render.panel_row(panels))
+    return summary
+
+
+def write_evolution(evo: Evolution, data: Dataset, spec: str, out: Path) -> list[Path]:
+    """Fig. 4 per layer: a row per feature map, a column per checkpoint, each cell the deconvnet
+    projection of that checkpoint's strongest activation on its image, cropped to the receptive
+    field and contrast-stretched on its own."""
+    models = loaded_checkpoints(evo, spec)
+    written = []
+    for layer, channels in evo.channels.items():
+        field = receptive_field(models[0].model, layer, models[0].input_size)
+        cells = []
+        for channel in channels:
+            for loaded, (_, index, (y, x)) in zip(models, evo.strongest(layer, channel)):
+                image = data[index][0]
+                projection = deconvnet(loaded.model, image[None], Unit(layer, channel, y, x))[0]
+                cells.append(render.crop_padded(projection, field.box(y, x)))
+        tiles = render.signed_stretch(torch.stack(cells).float(), dims=(1, 2, 3), quantile=0.995)
+        factor = render.display_scale(tiles.shape[-1], 48)
+        figure = render.grid(render.enlarge(tiles, factor), columns=len(models), padding=2)
+        labels = " | ".join(checkpoint_label(c) for c in evo.checkpoints)
+        written.append(
+            write_png(out / f"evolution-{safe_name(layer)}.png", render.caption(figure, labels))
+        )
+    return written
+
+
+def write_invariance(result: Invariance, out: Path) -> Path:
+    """Fig. 5 for one transformation: feature distance at each layer and the true class's
+    probability against the transformation value, one line per image; raw arrays in `.npz`."""
+    unit = {"translate": "pixels", "scale": "factor", "rotate": "degrees"}[result.transform]
+    panels = [
+        (
+            f"{layer}",
+            render.line_plot(result.values, distance.t().numpy(), "relative distance", unit),
+        )
+        for layer, distance in result.distance.items()
+    ]
+    panels.append(
+        (
+            "true class",
+            render.line_plot(result.values, result.prob.t().numpy(), "p(true class)", unit),
+        )
+    )
+    write_npz(
+        out / f"invariance-{result.transform}.npz",
+        values=np.array(result.values),
+        prob=result.prob.numpy(),
+        **{f"distance {layer}": d.numpy() for layer, d in result.distance.items()},
+    )
+    return write_png(out / f"invariance-{result.transform}.png", render.panel_row(panels))
+
+
 def layer_rows(infos: dict[str, LayerInfo], dead: dict[str, DeadUnits] | None = None) -> list[dict]:
     """Printable rows (name, kind, output shape, receptive field, dead units) of a layer table."""
     rows = []
@@ -390,6 +532,19 @@ def write_demo(
                     "src": write_synthesis(models, labels, out, "class-models").name,
                     "caption": "class models, lucid preset",
                 }
+            ],
+        }
+    )
+    mosaic, spread = write_embedding(loaded, data, 2500, out, progress=progress)
+    sections.append(
+        {
+            "title": "t-SNE of CNN codes",
+            "text": "Codes before the classifier of 2,500 test images embedded with t-SNE, each "
+            "image given its own grid cell (no holes, no repeats); beside it the same points "
+            "coloured by class.",
+            "figures": [
+                {"src": mosaic.name, "caption": "mosaic"},
+                {"src": spread.name, "caption": "scatter by class"},
             ],
         }
     )

@@ -123,3 +123,9 @@ def dead_units(
         layer: DeadUnits(layer, counts / seen, counts / seen > threshold, seen, threshold)
         for layer, counts in zero_counts.items()
     }
+
+
+def largest_share(rms: torch.Tensor) -> float:
+    """The largest filter's share of the summed filter RMS: near 1/O when filters are alike,
+    near 1 when "one feature dominates" (Zeiler & Fergus Fig. 6)."""
+    return float(rms.max() / rms.sum().clamp_min(1e-12))

@@ -1,0 +1,78 @@
+"""Feature evolution over training (Zeiler & Fergus Fig. 4): for chosen feature maps, the
+strongest activation over a dataset at each training checkpoint, found by a k=1 scan."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch.utils.data import Dataset
+
+from convlens.models.loading import LoadedModel, load_model
+from convlens.scan import ScanResult, scan
+
+
+@dataclass
+class Evolution:
+    """One k=1 scan per checkpoint (`results[i]` for `checkpoints[i]`), and the channels shown
+    per layer."""
+
+    checkpoints: list[str]
+    results: list[ScanResult]
+    channels: dict[str, list[int]]
+
+    def strongest(self, layer: str, channel: int) -> list[tuple[float, int, tuple[int, int]]]:
+        """(value, dataset index, (y, x)) of the channel's strongest activation per checkpoint."""
+        return [
+            (
+                float(result[layer].values[channel, 0]),
+                int(result[layer].indices[channel, 0]),
+                tuple(int(v) for v in result[layer].positions[channel, 0]),
+            )
+            for result in self.results
+        ]
+
+
+def checkpoint_label(path: str | Path) -> str:
+    """'epoch 5' for epoch-005.safetensors, 'final' for final.safetensors, else the file stem."""
+    stem = Path(path).stem
+    if stem.startswith("epoch-") and stem.removeprefix("epoch-").isdigit():
+        return f"epoch {int(stem.removeprefix('epoch-'))}"
+    return stem
+
+
+def evolution(
+    checkpoints: Sequence[str | Path],
+    data: Dataset,
+    layers: Sequence[str],
+    channels: Sequence[int] | None = None,
+    *,
+    spec: str = "zfnet-fashion",
+    batch_size: int = 256,
+    progress: bool = False,
+) -> Evolution:
+    """Scan `data` once per checkpoint (weights files of the model `spec`) with k=1, recording
+    `layers`; `channels` picks the feature maps shown (default: the first 8 of each layer).
+
+    Example:
+        >>> evo = evolution(sorted(folder.glob("epoch-*.safetensors")), test_set, ["features.13"])  # doctest: +SKIP
+        >>> evo.strongest("features.13", 3)  # (value, image, position) at each epoch
+    """
+    results = []
+    for checkpoint in checkpoints:
+        loaded = load_model(spec, str(checkpoint))
+        results.append(
+            scan(loaded.model, data, layers, k=1, batch_size=batch_size, progress=progress)
+        )
+    widths = {layer: results[0][layer].values.shape[0] for layer in layers}
+    chosen = {
+        layer: list(channels) if channels is not None else list(range(min(8, widths[layer])))
+        for layer in layers
+    }
+    return Evolution([str(c) for c in checkpoints], results, chosen)
+
+
+def loaded_checkpoints(evo: Evolution, spec: str) -> list[LoadedModel]:
+    """The models of an evolution's checkpoints, for rendering projections."""
+    return [load_model(spec, checkpoint) for checkpoint in evo.checkpoints]

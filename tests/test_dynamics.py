@@ -1,0 +1,113 @@
+"""Training dynamics and invariance: evolution = a k=1 scan per checkpoint, invariance against
+a direct computation, the correspondence measure on a hand-worked case, and the first-layer
+diagnosis of feature scale clipping."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from convlens.analysis.correspondence import box_masks, correspondence, sign_change
+from convlens.analysis.evolution import checkpoint_label, evolution
+from convlens.analysis.invariance import invariance, transformed
+from convlens.scan import scan
+
+
+def test_delta_of_a_hand_worked_example():
+    eps = torch.tensor([[1.0, -2.0, 0.0, 3.0], [2.0, 1.0, 0.0, 1.0], [-1.0, -1.0, 5.0, 0.0]])
+    # signs: (+,-,0,+), (+,+,0,+), (-,-,+,0); Hamming / 4: d01 = 1/4, d02 = 3/4, d12 = 4/4
+    assert sign_change(eps) == pytest.approx(2 * (0.25 + 0.75 + 1.0))
+
+
+class Identity(nn.Module):
+    """Its layer 'code' outputs the image itself, so eps is the occluded pixels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.code = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.code(x)
+
+
+def test_correspondence_through_an_identity_layer():
+    images = torch.tensor([1.0, -1.0]).view(2, 1, 1, 1).expand(2, 1, 4, 4).clone()
+    boxes = [(0, 0, 2, 2), (0, 0, 2, 2)]
+    result = correspondence(Identity(), images, boxes, "code", draws=3)
+    # eps = image inside the box, 0 outside: signs differ on the 4 box pixels of 16
+    assert result.delta == pytest.approx(2 * 4 / 16)
+    assert result.random_mean == pytest.approx(2 * 4 / 16) and result.random_std == 0
+    masks = box_masks(boxes, (4, 4))
+    assert correspondence(Identity(), images, masks, "code", draws=1).delta == result.delta
+
+
+def classifier() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    )
+
+
+@pytest.mark.parametrize("transform", ["translate", "scale", "rotate"])
+def test_invariance_is_zero_at_the_identity_and_matches_a_direct_computation(transform):
+    model = classifier()
+    images, labels = torch.randn(3, 1, 12, 12), [0, 2, 1]
+    values = {"translate": [0, 2, -3], "scale": [1.0, 0.8, 1.3], "rotate": [0, 45, 90]}[transform]
+    result = invariance(model, images, labels, ["1", "3"], transform, values)
+    assert float(result.distance["1"][0].abs().max()) == 0.0
+    assert float(result.distance["3"][0].abs().max()) == 0.0
+    with torch.no_grad():
+        for v, value in enumerate(values):
+            moved = transformed(images, transform, value)
+            for layer, end in (("1", 2), ("3", 4)):
+                a, b = model[:end](images).flatten(1), model[:end](moved).flatten(1)
+                torch.testing.assert_close(
+                    result.distance[layer][v], (b - a).norm(dim=1) / a.norm(dim=1)
+                )
+            probs = model(moved).softmax(1)[torch.arange(3), torch.tensor(labels)]
+            torch.testing.assert_close(result.prob[v], probs)
+    if transform == "rotate":  # a clockwise quarter turn moves pixels onto pixels
+        torch.testing.assert_close(
+            transformed(images, "rotate", 90),
+            torch.rot90(images, -1, dims=(2, 3)),
+            atol=1e-5,
+            rtol=0,
+        )
+
+
+@pytest.mark.slow
+def test_evolution_equals_a_k1_scan_of_each_checkpoint(trained_default):
+    from torch.utils.data import Subset
+
+    from convlens.data import FashionMNIST
+    from convlens.models.loading import load_model
+
+    loaded, folder = trained_default
+    checkpoints = sorted(folder.glob("epoch-*.safetensors"))
+    assert [checkpoint_label(c) for c in checkpoints] == [
+        "epoch 1",
+        "epoch 2",
+        "epoch 5",
+        "epoch 8",
+    ]
+    data = Subset(FashionMNIST("test", transform=loaded.transform), range(500))
+    evo = evolution(checkpoints, data, ["features.5", "features.13"], channels=[0, 3])
+    for checkpoint, result in zip(checkpoints, evo.results):
+        alone = scan(
+            load_model("zfnet-fashion", str(checkpoint)).model,
+            data,
+            ["features.5", "features.13"],
+            k=1,
+        )
+        for layer in ("features.5", "features.13"):
+            assert torch.equal(result[layer].values, alone[layer].values)
+            assert torch.equal(result[layer].indices, alone[layer].indices)
+    values = [v for v, _, _ in evo.strongest("features.13", 3)]
+    assert len(values) == 4 and values[0] != values[-1]  # the feature changed during training
