@@ -111,3 +111,24 @@ def test_evolution_equals_a_k1_scan_of_each_checkpoint(trained_default):
             assert torch.equal(result[layer].indices, alone[layer].indices)
     values = [v for v, _, _ in evo.strongest("features.13", 3)]
     assert len(values) == 4 and values[0] != values[-1]  # the feature changed during training
+
+
+@pytest.mark.slow
+def test_without_feature_scale_clipping_one_first_layer_filter_dominates_more(tmp_path):
+    from convlens.analysis.filters import filter_rms, largest_share
+    from convlens.data.fashion_mnist import DEBIAN_DIR
+    from convlens.models.loading import load_model
+    from convlens.training import TrainConfig, train
+
+    if not DEBIAN_DIR.exists():
+        pytest.skip("needs Debian's dataset-fashion-mnist")
+    shares = {}
+    for name, radius in (("clipped", 0.1), ("free", None)):
+        config = TrainConfig(epochs=2, train_subset=20000, clip_radius=radius, checkpoint_epochs=())
+        train(config, tmp_path / name, progress=False)
+        model = load_model("zfnet-fashion", str(tmp_path / name / "final.safetensors")).model
+        rms = filter_rms(model.features[0].weight)
+        shares[name] = (largest_share(rms), float(rms.max()))
+    # measured: largest share 0.049 (max RMS 0.100, the radius) with clipping, 0.062 (0.131) without
+    assert shares["clipped"][1] <= 0.1 + 1e-6 < shares["free"][1]
+    assert shares["free"][0] > shares["clipped"][0] * 1.1, shares

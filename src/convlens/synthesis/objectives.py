@@ -96,17 +96,26 @@ def class_score(classes: int | Sequence[int]) -> Objective:
     return Objective(evaluate, needs_logits=True, name=f"class {classes}")
 
 
-def _feature_map(acts: dict[str, torch.Tensor], layer: str, channel: int) -> torch.Tensor:
+def _feature_map(
+    acts: dict[str, torch.Tensor], layer: str, channel: int | Sequence[int]
+) -> torch.Tensor:
+    """(N, ...) the chosen channel of each image (one channel for all, or one per image)."""
     output = acts[layer]
-    if channel >= output.shape[1]:
+    wanted = torch.as_tensor(channel, device=output.device).long().flatten()
+    if int(wanted.max()) >= output.shape[1]:
         raise ConvlensError(
-            f"channel {channel} out of range: layer {layer!r} has {output.shape[1]} channels"
+            f"channel {int(wanted.max())} out of range: layer {layer!r} has {output.shape[1]} channels"
         )
-    return output[:, channel]
+    if wanted.numel() == 1:
+        return output[:, int(wanted)]
+    if wanted.numel() != len(output):
+        raise ConvlensError(f"{wanted.numel()} channels for {len(output)} images")
+    return output[torch.arange(len(output), device=output.device), wanted]
 
 
-def channel(layer: str, index: int) -> Objective:
-    """The mean activation of one feature map (or the value of one unit of a flat layer)."""
+def channel(layer: str, index: int | Sequence[int]) -> Objective:
+    """The mean activation of one feature map (or the value of one unit of a flat layer); with a
+    sequence, image i maximises channel index[i] (a whole layer in one batch)."""
 
     def evaluate(acts: dict[str, torch.Tensor], _logits: torch.Tensor | None) -> torch.Tensor:
         values = _feature_map(acts, layer, index)
