@@ -65,15 +65,18 @@ def test_maps_on_a_sample_photo_writes_grids(cache, tmp_path):
 
 
 @pytest.mark.skipif(not DEBIAN_DIR.exists(), reason="needs Debian's dataset-fashion-mnist")
-def test_demo_writes_a_page_with_filters_and_maps(cache, tmp_path):
+def test_demo_writes_the_atlas_and_resume_reuses_its_stages(cache, tmp_path, capsys):
     cache_random_default()
-    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+    skip = ["--skip", "synthesis,evolution,embedding,invariance", "--images", "2"]
+    assert main(["demo", *skip, "--out", str(tmp_path / "demo")]) == 0
     page = (tmp_path / "demo" / "index.html").read_text()
-    for src in ["filters-features.0.png", "image-0-features.1.png", "dead-units.json"]:
-        assert (tmp_path / "demo" / src).exists()
-    assert 'src="filters-features.0.png"' in page and "Ankle boot" in page
-    first = np.asarray(Image.open(tmp_path / "demo" / "filters-features.0.png"))
-    assert first.std() > 10
+    assert 'href="layer-features.13.html"' in page and "Ankle boot" in page
+    assert 'Not built (stage "synthesis" skipped)' in page
+    unit = tmp_path / "demo" / "img" / "units" / "features.13" / "0005-top9.png"
+    first = unit.stat().st_mtime_ns
+    assert main(["demo", *skip, "--resume", "--out", str(tmp_path / "demo")]) == 0
+    assert unit.stat().st_mtime_ns == first  # the finished stage was not redone
+    assert "MB) in" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("method", ["deconvnet", "guided", "gradient", "saliency"])

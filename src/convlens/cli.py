@@ -769,25 +769,83 @@ def _dead(args: argparse.Namespace) -> None:
     print(f"wrote {write_dead_units(stats, args.out)}")
 
 
-def _demo_arguments(parser: argparse.ArgumentParser) -> None:
+def _report_options(parser: argparse.ArgumentParser) -> None:
+    from convlens.atlas import SKIPPABLE
+
+    parser.add_argument("--data", default="fashion-mnist", help="dataset spec (default: test)")
+    parser.add_argument("--layers", help="comma-separated layers (default: every conv output)")
+    parser.add_argument("--images", type=int, default=10, help="sample images with pages")
     parser.add_argument(
-        "--data",
-        default="fashion-mnist",
-        help="dataset spec (default: fashion-mnist, the test split)",
+        "--skip", default="", help=f"comma-separated stages to leave out: {', '.join(SKIPPABLE)}"
     )
+    parser.add_argument(
+        "--checkpoints",
+        help="weight files for feature evolution (default: the built-in model's epochs)",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="reuse finished stages of an earlier run"
+    )
+
+
+def _report_arguments(parser: argparse.ArgumentParser) -> None:
+    _model_arguments(parser)
+    _report_options(parser)
+    _out_argument("atlas")(parser)
+
+
+def _write_atlas(loaded, args: argparse.Namespace) -> None:
+    from convlens.atlas import SKIPPABLE, AtlasConfig, write_atlas
+    from convlens.data import open_data
+    from convlens.models.zoo import BUILTIN_MODELS
+    from convlens.training import default_model_dir
+
+    started = time.perf_counter()
+    skip = [s for s in args.skip.split(",") if s]
+    unknown = [s for s in skip if s not in SKIPPABLE]
+    if unknown:
+        raise ConvlensError(f"cannot skip {unknown}; skippable stages: {', '.join(SKIPPABLE)}")
+    if args.checkpoints:
+        checkpoints = args.checkpoints.split(",")
+    elif loaded.spec in BUILTIN_MODELS and getattr(args, "weights", None) is None:
+        found = default_model_dir(loaded.spec).glob("epoch-*.safetensors")
+        checkpoints = sorted(str(p) for p in found)
+    else:
+        checkpoints = []
+    config = AtlasConfig(
+        layers=_layers_list(args.layers),
+        images=args.images,
+        skip=skip,
+        checkpoints=checkpoints,
+        data_description=args.data,
+    )
+    page = write_atlas(
+        loaded, open_data(args.data, loaded.transform), args.out, config, resume=args.resume
+    )
+    size = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file()) / 2**20
+    print(
+        f"wrote {page} ({size:.1f} MB) in {time.perf_counter() - started:.0f} s; open it in a browser"
+    )
+
+
+@command(
+    "report",
+    "write the atlas: a browsable offline HTML site of everything for a model and data",
+    _report_arguments,
+)
+def _report(args: argparse.Namespace) -> None:
+    _write_atlas(_load(args), args)
+
+
+def _demo_arguments(parser: argparse.ArgumentParser) -> None:
+    _report_options(parser)
     _out_argument("convlens-demo")(parser)
 
 
 @command("demo", "train (or reuse) the built-in zfnet-fashion and write its atlas", _demo_arguments)
 def _demo(args: argparse.Namespace) -> None:
-    from convlens.data import open_data
     from convlens.models.loading import load_model
-    from convlens.pipelines import write_demo
 
-    started = time.perf_counter()
-    loaded = load_model("zfnet-fashion")
-    page = write_demo(loaded, open_data(args.data, loaded.transform), args.data, args.out)
-    print(f"wrote {page} in {time.perf_counter() - started:.0f} s; open it in a browser")
+    _write_atlas(load_model("zfnet-fashion"), args)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,7 +17,6 @@ from tqdm.auto import tqdm
 
 from convlens import render
 from convlens._errors import ConvlensError
-from convlens.analysis.evaluate import accuracy
 from convlens.analysis.evolution import Evolution, checkpoint_label, loaded_checkpoints
 from convlens.analysis.filters import (
     DeadUnits,
@@ -32,19 +31,17 @@ from convlens.analysis.filters import (
 from convlens.analysis.invariance import Invariance
 from convlens.attribution import METHODS, Target, deconvnet
 from convlens.embedding import codes, grid_layout, nearest_neighbours, tsne
-from convlens.models.layers import LayerInfo, ReceptiveField, receptive_field, trace_layers
+from convlens.models.layers import LayerInfo, ReceptiveField, receptive_field
 from convlens.models.loading import LoadedModel, load_model
-from convlens.occlusion import Occlusion, occlusion
-from convlens.report import write_json, write_npz, write_page, write_png
+from convlens.occlusion import Occlusion
+from convlens.report import write_json, write_npz, write_png
 from convlens.scan import ScanResult, TopK
 from convlens.synthesis import (
     Fooling,
     Inversion,
     Synthesis,
-    class_score,
     fgsm,
     iterative_fgsm,
-    synthesize,
 )
 from convlens.units import Unit
 
@@ -461,123 +458,5 @@ def write_dead_units(stats: dict[str, DeadUnits], out: Path) -> Path:
     )
 
 
-def write_demo(
-    loaded: LoadedModel,
-    data: Dataset,
-    data_description: str,
-    out: Path,
-    *,
-    images: int = 3,
-    progress: bool = True,
-) -> Path:
-    """The demo atlas at this stage: layer table, filters, feature maps of a few test images and
-    dead-unit statistics, on one HTML page."""
-    out.mkdir(parents=True, exist_ok=True)
-    model = loaded.model
-    map_layers = default_map_layers(loaded)
-    stats = dead_units(model, data, map_layers, progress=progress)
-    write_dead_units(stats, out)
-    infos = trace_layers(model, loaded.input_size)
-    sections = [
-        {
-            "title": "Filters",
-            "text": "First layer: each filter contrast-normalised on its own. Deeper layers: a row "
-            "per filter, a grey tile per input channel.",
-            "figures": [
-                {"src": p.name, "caption": p.stem.removeprefix("filters-")}
-                for p in write_filters(loaded, out)
-            ],
-        }
-    ]
-    for index in _one_per_class(data, images):
-        image, label = data[index]
-        prefix = f"image-{index}"
-        shown = loaded.transform.denormalize(image)
-        write_png(
-            out / f"{prefix}.png",
-            render.to_uint8(render.enlarge(shown, render.display_scale(shown.shape[-1], 112))),
-        )
-        figures = [
-            {"src": f"{prefix}.png", "caption": f"test image {index}: {_class_name(loaded, label)}"}
-        ]
-        figures += [
-            {"src": p.name, "caption": p.stem.removeprefix(f"{prefix}-")}
-            for p in write_feature_maps(loaded, image, out, map_layers, prefix=prefix)
-        ]
-        maps = occlusion(
-            model, image, label if label >= 0 else None, window=4, stride=1, layer=map_layers[-1]
-        )
-        figure = write_occlusion(loaded, image, maps, out / f"{prefix}-occlusion")
-        figures.append(
-            {
-                "src": figure.relative_to(out).as_posix(),
-                "caption": "occlusion (Zeiler & Fergus Fig. 7): (a) occluder, (b) strongest map "
-                "of the last conv layer, (c) its projection, (d) true-class probability, "
-                "(e) most probable class",
-            }
-        )
-        sections.append(
-            {"title": f"Feature maps of test image {index}", "text": "", "figures": figures}
-        )
-    classes = list(range(len(loaded.classes)))
-    models = synthesize(loaded, class_score(classes), preset="lucid", n=len(classes))
-    labels = [f"{c}: {name}" for c, name in enumerate(loaded.classes)]
-    sections.append(
-        {
-            "title": "Class models",
-            "text": "Images that maximise each class score (Lucid recipe: Fourier image, "
-            "Adam, transformation robustness).",
-            "figures": [
-                {
-                    "src": write_synthesis(models, labels, out, "class-models").name,
-                    "caption": "class models, lucid preset",
-                }
-            ],
-        }
-    )
-    mosaic, spread = write_embedding(loaded, data, 2500, out, progress=progress)
-    sections.append(
-        {
-            "title": "t-SNE of CNN codes",
-            "text": "Codes before the classifier of 2,500 test images embedded with t-SNE, each "
-            "image given its own grid cell (no holes, no repeats); beside it the same points "
-            "coloured by class.",
-            "figures": [
-                {"src": mosaic.name, "caption": "mosaic"},
-                {"src": spread.name, "caption": "scatter by class"},
-            ],
-        }
-    )
-    return write_page(
-        out / "index.html",
-        "demo.html.j2",
-        model=loaded.spec,
-        data=data_description,
-        accuracy=accuracy(model, data) if _has_labels(data) else None,
-        layers=layer_rows(infos, stats),
-        sections=sections,
-    )
-
-
-def _has_labels(data: Dataset) -> bool:
-    labels = getattr(data, "labels", None)
-    return labels is not None and bool((labels >= 0).any())
-
-
 def _class_name(loaded: LoadedModel, label: int) -> str:
     return loaded.classes[label] if 0 <= label < len(loaded.classes) else "unlabelled"
-
-
-def _one_per_class(data: Dataset, count: int) -> list[int]:
-    """The first index of each of the first `count` distinct labels (or the first indices)."""
-    labels = getattr(data, "labels", None)
-    if labels is None:
-        return list(range(min(count, len(data))))
-    chosen, seen = [], set()
-    for index, label in enumerate(labels.tolist()):
-        if label not in seen:
-            seen.add(label)
-            chosen.append(index)
-        if len(chosen) == count:
-            break
-    return chosen

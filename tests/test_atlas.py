@@ -1,0 +1,139 @@
+"""The atlas: built from a small subset, every local link resolves, and a real browser
+(Debian's Chromium driven by Playwright) finds no broken image, no console error, no request
+leaving file:// and a hostile class name shown as text."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import Subset
+
+from convlens.atlas import AtlasConfig, write_atlas
+from convlens.data import FashionMNIST
+from convlens.data.fashion_mnist import DEBIAN_DIR
+from convlens.models.loading import LoadedModel
+from convlens.models.preprocess import Preprocess
+from convlens.models.zoo import BUILTIN_MODELS, FASHION_CLASSES
+from convlens.report import write_checkpoint
+
+HOSTILE = "<script>alert(1)</script>"
+LINK = re.compile(r'(?:href|src)="([^"]+)"')
+
+
+@pytest.fixture(scope="module")
+def atlas(tmp_path_factory) -> Path:
+    if not DEBIAN_DIR.exists():
+        pytest.skip("needs Debian's dataset-fashion-mnist")
+    out = tmp_path_factory.mktemp("atlas")
+    entry = BUILTIN_MODELS["zfnet-fashion"]
+    checkpoints = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        path = out.parent / f"{out.name}-epoch-{seed + 1:03d}.safetensors"
+        write_checkpoint(path, entry.build().state_dict(), {"config": {"model": entry.name}})
+        checkpoints.append(str(path))
+    torch.manual_seed(1)
+    model = entry.build().eval()
+    classes = (*FASHION_CLASSES[:9], HOSTILE)  # test image 0 is class 9
+    transform = Preprocess(1, (28, 28), entry.mean, entry.std)
+    loaded = LoadedModel(model, transform, classes, entry.input_size, entry.name)
+    data = Subset(FashionMNIST("test", transform=transform), range(144))
+    config = AtlasConfig(
+        layers=["features.1", "features.13"],
+        images=3,
+        checkpoints=checkpoints,
+        synthesis_steps=4,
+        embed=100,
+        data_description="fashion-mnist test, first 144",
+    )
+    write_atlas(loaded, data, out, config, progress=False)
+    return out
+
+
+def local_links(page: Path) -> list[str]:
+    return LINK.findall(page.read_text())
+
+
+def test_every_local_link_of_every_page_resolves_and_nothing_is_external(atlas):
+    pages = sorted(atlas.glob("*.html"))
+    assert len(pages) > 100  # index, 2 layers, 96 units, 3 images
+    for page in pages:
+        for link in local_links(page):
+            assert "://" not in link and not link.startswith("//"), (page.name, link)
+            assert (atlas / link.split("#")[0]).is_file(), (page.name, link)
+    assert "http" not in (atlas / "assets" / "style.css").read_text()
+
+
+def test_resume_skips_finished_stages(atlas):
+    marks = sorted(p.stem for p in (atlas / ".stages").glob("*.json"))
+    assert marks == sorted(
+        ["summary", "scan", "units", "synthesis", "evolution", "images", "embedding", "invariance"]
+    )
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium")
+def test_a_browser_finds_every_image_and_link_working(atlas):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    shots = Path(os.environ.get("CONVLENS_SCREENSHOTS", atlas / "screenshots"))
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=shutil.which("chromium"))
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        errors, outside, dialogs = [], [], []
+        context.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        context.on(
+            "request", lambda r: None if r.url.startswith("file://") else outside.append(r.url)
+        )
+        context.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page, visitor = context.new_page(), context.new_page()
+        for tab in (page, visitor):
+            tab.on("pageerror", lambda e: errors.append(str(e)))
+        main_pages = [
+            "index.html",
+            "layer-features.13.html",
+            "unit-features.13-0003.html",
+            "image-0.html",
+        ]
+        for name in main_pages:
+            page.goto((atlas / name).as_uri())
+            page.evaluate(
+                "async () => { for (const img of document.images) { img.loading = 'eager'; "
+                "img.scrollIntoView(); } window.scrollTo(0, 0); }"
+            )
+            page.wait_for_load_state("load")
+            page.wait_for_function("Array.from(document.images).every(i => i.complete)")
+            broken = page.evaluate(
+                "Array.from(document.images).filter(i => i.naturalWidth === 0).map(i => i.src)"
+            )
+            assert broken == [], (name, broken)
+            page.screenshot(path=str(shots / f"{Path(name).stem}.png"), full_page=False)
+            links = page.evaluate("Array.from(document.links).map(a => a.href)")
+            assert links, name
+            for link in links:
+                assert link.startswith("file://"), link
+                response = page.context.new_page()
+                response.on(
+                    "console", lambda m: errors.append(m.text) if m.type == "error" else None
+                )
+                response.on(
+                    "request",
+                    lambda r: None if r.url.startswith("file://") else outside.append(r.url),
+                )
+                response.goto(link)
+                assert response.title(), link
+                response.close()
+        page.goto((atlas / "image-0.html").as_uri())
+        assert HOSTILE in page.inner_text("h1")  # shown as text, never run
+        page.goto((atlas / "layer-features.13.html").as_uri())
+        page.fill("#filter", "12")
+        visible = page.evaluate(
+            "Array.from(document.querySelectorAll('.tile')).filter(t => t.style.display !== 'none').length"
+        )
+        assert visible == 1
+        browser.close()
+    assert errors == [] and outside == [] and dialogs == []
