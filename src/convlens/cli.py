@@ -660,6 +660,49 @@ def _invariance(args: argparse.Namespace) -> None:
         print(f"wrote {write_invariance(result, args.out)}")
 
 
+def _correspondence_arguments(parser: argparse.ArgumentParser) -> None:
+    _model_arguments(parser)
+    parser.add_argument("--data", default="fashion-mnist", help="dataset spec (default: test)")
+    parser.add_argument("--indices", required=True, help="the images, comma-separated")
+    parser.add_argument(
+        "--boxes",
+        required=True,
+        help="the part in each image as TOP,LEFT,BOTTOM,RIGHT; one box for all or one per image "
+        "separated by ';'",
+    )
+    parser.add_argument("--layers", help="comma-separated layers (default: every conv output)")
+    parser.add_argument("--draws", type=int, default=20, help="random masks per layer")
+
+
+@command(
+    "correspondence",
+    "do occlusions of the same part change the code consistently? (Table 1)",
+    _correspondence_arguments,
+)
+def _correspondence(args: argparse.Namespace) -> None:
+    import torch
+
+    from convlens.analysis.correspondence import correspondence
+    from convlens.data import open_data
+    from convlens.pipelines import default_map_layers
+
+    loaded = _load(args)
+    data = open_data(args.data, loaded.transform)
+    indices = [int(i) for i in args.indices.split(",")]
+    boxes = [tuple(int(v) for v in box.split(",")) for box in args.boxes.split(";")]
+    if len(boxes) == 1:
+        boxes = boxes * len(indices)
+    if len(boxes) != len(indices) or any(len(box) != 4 for box in boxes):
+        raise ConvlensError("give one TOP,LEFT,BOTTOM,RIGHT box, or one per image separated by ';'")
+    images = torch.stack([data[i][0] for i in indices])
+    print(f"{'layer':16s} {'part':>8s} {'random (mean +- std)':>24s}")
+    for layer in _layers_list(args.layers) or default_map_layers(loaded):
+        result = correspondence(loaded.model, images, boxes, layer, draws=args.draws)
+        print(
+            f"{layer:16s} {result.delta:8.4f} {result.random_mean:12.4f} +- {result.random_std:.4f}"
+        )
+
+
 def _scan_arguments(parser: argparse.ArgumentParser) -> None:
     _model_arguments(parser)
     parser.add_argument(
