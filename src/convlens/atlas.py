@@ -23,19 +23,21 @@ from tqdm.auto import tqdm
 
 from convlens import render
 from convlens.analysis.evaluate import accuracy
-from convlens.analysis.evolution import checkpoint_label, evolution
+from convlens.analysis.evolution import checkpoint_label, evolution, loaded_checkpoints
 from convlens.analysis.filters import conv_layers, conv_weight, dead_units, feature_maps
 from convlens.analysis.invariance import invariance
 from convlens.attribution import deconvnet, guided_backprop, saliency
-from convlens.embedding import codes, grid_layout, tsne
 from convlens.models.layers import receptive_field, trace_layers
-from convlens.models.loading import LoadedModel, load_model
-from convlens.occlusion import occlusion
+from convlens.models.loading import LoadedModel
+from convlens.occlusion import default_geometry, occlusion
 from convlens.pipelines import (
     default_map_layers,
+    evolution_cells,
+    evolution_strip,
     layer_rows,
     safe_name,
     top_examples_image,
+    write_embedding,
     write_invariance,
     write_neighbours,
     write_occlusion,
@@ -183,20 +185,13 @@ class Atlas:
         if len(checkpoints) < 2:
             return {"note": "no training checkpoints were given (--checkpoints)"}
         evo = evolution(checkpoints, self.data, self.layers, spec=self.loaded.spec)
-        models = [load_model(self.loaded.spec, c) for c in checkpoints]
+        models = loaded_checkpoints(evo, self.loaded.spec)
         for layer in self.layers:
-            field = receptive_field(self.loaded.model, layer, self.loaded.input_size)
             for c in range(evo.results[0][layer].values.shape[0]):
-                cells = []
-                for loaded, (_, index, (y, x)) in zip(models, evo.strongest(layer, c)):
-                    image = self.data[index][0]
-                    unit = [Unit(layer, c, y, x)]
-                    projection = deconvnet(loaded.model, image[None], unit)[0]
-                    cells.append(render.crop_padded(projection, field.box(y, x)))
-                tiles = render.signed_stretch(torch.stack(cells), dims=(1, 2, 3), quantile=0.995)
-                factor = render.display_scale(tiles.shape[-1], 48)
-                strip = render.grid(render.enlarge(tiles, factor), columns=len(cells), padding=2)
-                write_png(self._unit_img(layer, c, "evolution"), strip)
+                tiles = evolution_cells(evo, models, self.data, layer, c)
+                write_png(
+                    self._unit_img(layer, c, "evolution"), evolution_strip(tiles, len(models))
+                )
         return {"labels": [checkpoint_label(c) for c in checkpoints]}
 
     def _images(self) -> dict:
@@ -228,15 +223,9 @@ class Atlas:
                 )
                 layers.append({"name": layer, "file": safe_name(layer), "strongest": strongest})
             target = label if label >= 0 else predicted
-            side = min(image.shape[-2:])
-            window = max(1, round(side / 7))
+            window, stride = default_geometry(min(image.shape[-2:]))
             maps = occlusion(
-                model,
-                image,
-                target,
-                window=window,
-                stride=max(1, window // 4),
-                layer=self.layers[-1],
+                model, image, target, window=window, stride=stride, layer=self.layers[-1]
             )
             write_occlusion(self.loaded, image, maps, folder)
             pages.append(
@@ -253,21 +242,11 @@ class Atlas:
         return {"pages": pages}
 
     def _embedding(self) -> dict:
-        side = int(np.sqrt(min(self.config.embed, len(self.data))))
-        subset = Subset(self.data, range(side * side))
-        xy = tsne(codes(self.loaded.model, subset))
-        layout = grid_layout(xy, side, side)
-        shown = torch.stack(
-            [self.loaded.transform.denormalize(subset[i][0]) for i in range(len(subset))]
-        )
-        labels = np.array([subset[i][1] for i in range(len(subset))])
-        write_png(self.out / "img" / "tsne-mosaic.png", render.mosaic(shown, layout, tile=24))
-        write_png(
-            self.out / "img" / "tsne-scatter.png", render.scatter(xy, labels, self.names, 480)
-        )
+        count = int(np.sqrt(min(self.config.embed, len(self.data)))) ** 2
+        write_embedding(self.loaded, self.data, count, self.out / "img", tile=24, progress=False)
         queries = Subset(self.data, _sample_indices(self.data, 5))
         write_neighbours(self.loaded, queries, self.data, 6, self.out / "img")
-        return {"count": len(subset)}
+        return {"count": count}
 
     def _invariance(self) -> dict:
         if not self.labelled:

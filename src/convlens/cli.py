@@ -308,7 +308,7 @@ def _occlude(args: argparse.Namespace) -> None:
     import torch
 
     from convlens.data import open_data
-    from convlens.occlusion import occlusion
+    from convlens.occlusion import default_geometry, occlusion
     from convlens.pipelines import default_map_layers, write_occlusion
 
     loaded = _load(args)
@@ -327,14 +327,13 @@ def _occlude(args: argparse.Namespace) -> None:
         targets = labels
     else:
         targets = None
-    size = min(images.shape[-2:])
-    window = args.window or max(1, round(size / 7))
+    window, stride = default_geometry(min(images.shape[-2:]), args.window)
     maps = occlusion(
         loaded.model,
         images,
         targets,
         window=window,
-        stride=args.stride or max(1, window // 4),
+        stride=args.stride or stride,
         fill=args.fill,
         layer=args.layer or default_map_layers(loaded)[-1],
         fast=args.fast,

@@ -282,7 +282,13 @@ def write_adversarial_accuracy(
 
 
 def write_embedding(
-    loaded: LoadedModel, data: Dataset, count: int, out: Path, *, progress: bool = True
+    loaded: LoadedModel,
+    data: Dataset,
+    count: int,
+    out: Path,
+    *,
+    tile: int = 28,
+    progress: bool = True,
 ) -> list[Path]:
     """t-SNE of the codes of the first `count` images (a square number is used: the mosaic has
     no holes): the mosaic, the scatter plot coloured by class, and `embedding.csv`."""
@@ -301,7 +307,7 @@ def write_embedding(
     (out / "embedding.csv").parent.mkdir(parents=True, exist_ok=True)
     (out / "embedding.csv").write_text("\n".join(rows) + "\n")
     return [
-        write_png(out / "tsne-mosaic.png", render.mosaic(shown, layout)),
+        write_png(out / "tsne-mosaic.png", render.mosaic(shown, layout, tile)),
         write_png(out / "tsne-scatter.png", render.scatter(xy, labels, list(loaded.classes))),
     ]
 
@@ -367,23 +373,33 @@ def write_diagnosis(
     return summary
 
 
+def evolution_cells(
+    evo: Evolution, models: list[LoadedModel], data: Dataset, layer: str, channel: int
+) -> torch.Tensor:
+    """(checkpoints, C, s, s): the deconvnet projection of each checkpoint's strongest
+    activation of `channel` on its image, cropped to the receptive field, each stretched
+    around zero on its own for display."""
+    field = receptive_field(models[0].model, layer, models[0].input_size)
+    cells = []
+    for loaded, (_, index, (y, x)) in zip(models, evo.strongest(layer, channel)):
+        projection = deconvnet(loaded.model, data[index][0][None], Unit(layer, channel, y, x))[0]
+        cells.append(render.crop_padded(projection, field.box(y, x)))
+    return render.signed_stretch(torch.stack(cells).float(), dims=(1, 2, 3), quantile=0.995)
+
+
+def evolution_strip(tiles: torch.Tensor, columns: int) -> np.ndarray:
+    """Evolution tiles enlarged and laid out `columns` (checkpoints) per row."""
+    factor = render.display_scale(tiles.shape[-1], 48)
+    return render.grid(render.enlarge(tiles, factor), columns=columns, padding=2)
+
+
 def write_evolution(evo: Evolution, data: Dataset, spec: str, out: Path) -> list[Path]:
-    """Fig. 4 per layer: a row per feature map, a column per checkpoint, each cell the deconvnet
-    projection of that checkpoint's strongest activation on its image, cropped to the receptive
-    field and contrast-stretched on its own."""
+    """Fig. 4 per layer: a row per feature map, a column per checkpoint (`evolution_cells`)."""
     models = loaded_checkpoints(evo, spec)
     written = []
     for layer, channels in evo.channels.items():
-        field = receptive_field(models[0].model, layer, models[0].input_size)
-        cells = []
-        for channel in channels:
-            for loaded, (_, index, (y, x)) in zip(models, evo.strongest(layer, channel)):
-                image = data[index][0]
-                projection = deconvnet(loaded.model, image[None], Unit(layer, channel, y, x))[0]
-                cells.append(render.crop_padded(projection, field.box(y, x)))
-        tiles = render.signed_stretch(torch.stack(cells).float(), dims=(1, 2, 3), quantile=0.995)
-        factor = render.display_scale(tiles.shape[-1], 48)
-        figure = render.grid(render.enlarge(tiles, factor), columns=len(models), padding=2)
+        tiles = torch.cat([evolution_cells(evo, models, data, layer, c) for c in channels])
+        figure = evolution_strip(tiles, len(models))
         labels = " | ".join(checkpoint_label(c) for c in evo.checkpoints)
         written.append(
             write_png(out / f"evolution-{safe_name(layer)}.png", render.caption(figure, labels))
