@@ -400,7 +400,9 @@ def write_evolution(evo: Evolution, data: Dataset, spec: str, out: Path) -> list
     for layer, channels in evo.channels.items():
         tiles = torch.cat([evolution_cells(evo, models, data, layer, c) for c in channels])
         figure = evolution_strip(tiles, len(models))
-        labels = " | ".join(checkpoint_label(c) for c in evo.checkpoints)
+        labels = "epochs " + " | ".join(
+            checkpoint_label(c).removeprefix("epoch ") for c in evo.checkpoints
+        )
         written.append(
             write_png(out / f"evolution-{safe_name(layer)}.png", render.caption(figure, labels))
         )
