@@ -1,8 +1,8 @@
 """convlens: see what a convolutional network has learned.
 
 Zeiler & Fergus (2014) and the methods beside it for any PyTorch CNN: filters, feature maps,
-receptive fields, and (as they land) deconvnet projections, top-k dataset examples, occlusion,
-saliency, synthesis, embeddings and a browsable HTML atlas.
+receptive fields, deconvnet projections, top-k dataset examples, occlusion, saliency, synthesis,
+embeddings, training dynamics and a browsable HTML atlas.
 
 Example:
     >>> import convlens as cl
@@ -14,7 +14,12 @@ Example:
 from convlens import data, synthesis
 from convlens._errors import ConvlensError
 from convlens.analysis import DeadUnits, conv_layers, dead_units, feature_maps, filter_rms
+from convlens.analysis.correspondence import Correspondence, correspondence
+from convlens.analysis.evolution import Evolution, evolution
+from convlens.analysis.invariance import Invariance, invariance
+from convlens.atlas import AtlasConfig, write_atlas
 from convlens.attribution import deconvnet, gradient, guided_backprop, saliency
+from convlens.embedding import Neighbours, codes, grid_layout, nearest_neighbours, tsne
 from convlens.hooks import capture
 from convlens.models.layers import LayerInfo, ReceptiveField, receptive_field, trace_layers
 from convlens.models.loading import LoadedModel, load_model
@@ -26,10 +31,15 @@ from convlens.units import Unit
 __version__ = "0.1.0"
 
 __all__ = [
+    "AtlasConfig",
     "ConvlensError",
+    "Correspondence",
     "DeadUnits",
+    "Evolution",
+    "Invariance",
     "LayerInfo",
     "LoadedModel",
+    "Neighbours",
     "Occlusion",
     "ReceptiveField",
     "ScanResult",
@@ -37,18 +47,24 @@ __all__ = [
     "Unit",
     "__version__",
     "capture",
+    "codes",
     "conv_layers",
+    "correspondence",
     "data",
     "dead_units",
     "deconvnet",
+    "evolution",
     "feature_maps",
     "fgsm",
     "filter_rms",
     "fooling_image",
     "gradient",
+    "grid_layout",
     "guided_backprop",
+    "invariance",
     "invert",
     "load_model",
+    "nearest_neighbours",
     "occlusion",
     "receptive_field",
     "saliency",
@@ -56,4 +72,6 @@ __all__ = [
     "synthesis",
     "synthesize",
     "trace_layers",
+    "tsne",
+    "write_atlas",
 ]

@@ -61,7 +61,7 @@ STAGES = (
 SKIPPABLE = ("synthesis", "evolution", "embedding", "invariance")
 
 
-@dataclass
+@dataclass(frozen=True)
 class AtlasConfig:
     """What goes into the atlas: `layers` (default: every conv layer's rectified output),
     `images` sample images with their own pages, `skip` stages left out, `checkpoints` weight
@@ -91,19 +91,27 @@ class Atlas:
 
     # -- stages ---------------------------------------------------------------------------
     def build(self, progress: bool = True) -> Path:
-        """Run every stage (skipping finished ones on resume), then write the pages."""
+        """Run every stage (on resume, skipping those finished with the same model, data, layers
+        and images), then write the pages."""
         self.out.mkdir(parents=True, exist_ok=True)
         runners: dict[str, Callable[[], dict]] = {
             name: getattr(self, f"_{name}") for name in STAGES
         }
         wanted = [name for name in STAGES if name not in self.config.skip]
         bar = tqdm(wanted, desc="atlas", unit="stage", disable=not progress)
+        settings = {
+            "model": self.loaded.spec,
+            "weights": str(self.loaded.weights),
+            "data": self.config.data_description,
+            "layers": self.layers,
+            "images": self.config.images,
+        }
         for name in bar:
             bar.set_postfix(stage=name)
-            mark = self.marks / f"{name}.json"
-            if self.resume and mark.exists():
+            finished = self._done(name)
+            if self.resume and finished is not None and finished.get("settings") == settings:
                 continue
-            write_json(mark, runners[name]())
+            write_json(self.marks / f"{name}.json", {**runners[name](), "settings": settings})
         return self._pages()
 
     def _done(self, name: str) -> dict | None:
@@ -160,7 +168,18 @@ class Atlas:
                 write_png(self._unit_img(layer, c, "top9"), figure)
                 half = figure.shape[1] // 2
                 write_png(self._unit_img(layer, c, "thumb"), figure[:, half:][::2, ::2])
+                write_png(self._unit_img(layer, c, "sources"), self._source_grid(top, c))
         return {"layers": self.layers}
+
+    def _source_grid(self, top, c: int) -> np.ndarray:
+        """The whole images behind a channel's top activations, best first, 3 per row."""
+        shown = [
+            self.loaded.transform.denormalize(self.data[i][0])
+            for i in top.indices[c].tolist()
+            if i >= 0
+        ]
+        factor = render.display_scale(shown[0].shape[-1], 56)
+        return render.grid(render.enlarge(torch.stack(shown), factor), columns=3, padding=2)
 
     def _synthesis(self) -> dict:
         result = self._result()

@@ -144,7 +144,7 @@ def knn_accuracy(
     return float((votes.argmax(dim=1) == y).float().mean())
 
 
-@dataclass
+@dataclass(frozen=True)
 class Neighbours:
     """For each query, the k nearest gallery images in feature space and in pixel space:
     indices (Q, k) and distances (Q, k), nearest first."""

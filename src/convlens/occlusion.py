@@ -19,7 +19,7 @@ DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of activations for one batch of occlude
 MAX_BATCH = 32  # larger CPU batches were slower (cache); measured on alexnet and resnet18
 
 
-@dataclass
+@dataclass(frozen=True)
 class Occlusion:
     """Maps over occluder positions for N images: `prob`, `argmax`, `activation` are (N, Py, Px);
     `sensitivity` is (N, H, W), the drop in target probability averaged over the windows that

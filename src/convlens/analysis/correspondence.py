@@ -17,7 +17,7 @@ from convlens.hooks import capture, model_device, preserved_state
 Box = tuple[int, int, int, int]  # top, left, bottom, right (exclusive)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Correspondence:
     """Delta for the given masks and its mean and standard deviation over random masks."""
 

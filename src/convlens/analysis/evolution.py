@@ -13,7 +13,7 @@ from convlens.models.loading import LoadedModel, load_model
 from convlens.scan import ScanResult, scan
 
 
-@dataclass
+@dataclass(frozen=True)
 class Evolution:
     """One k=1 scan per checkpoint (`results[i]` for `checkpoints[i]`), and the channels shown
     per layer."""

@@ -22,7 +22,7 @@ DEFAULT_VALUES = {
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class Invariance:
     """`distance[layer]` (V, N): ||f(T_v x) - f(x)|| / ||f(x)|| per transformation value and
     image (relative, so layers and models compare); `prob` (V, N): the true class's probability

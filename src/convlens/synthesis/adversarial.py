@@ -17,7 +17,7 @@ from convlens._errors import ConvlensError
 from convlens.hooks import model_device, preserved_state
 
 
-@dataclass
+@dataclass(frozen=True)
 class Fooling:
     """The fooling image (C, H, W) in input space, whether the model now predicts the target,
     after how many steps, and the target's probability per step."""

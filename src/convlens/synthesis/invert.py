@@ -33,7 +33,7 @@ def pixel_bound(prep: Preprocess) -> torch.Tensor:
     return torch.maximum(mean, 1 - mean) / std
 
 
-@dataclass
+@dataclass(frozen=True)
 class Inversion:
     """`images` (N, C, H, W) in [0, 1], `inputs` in input space, `distance` (steps, N): the
     normalised feature distance ||Phi(x) - Phi0||^2 / ||Phi0||^2 per step."""

@@ -27,7 +27,7 @@ CAFFE_SIDE = 227  # Yosinski et al.'s image side: blur radii shrink in proportio
 IMAGENET = Preprocess(3, (224, 224), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
-@dataclass
+@dataclass(frozen=True)
 class Synthesis:
     """`images` (N, C, H, W) in [0, 1] for display (see `display`), `inputs` the images in the
     model's input space, `trace` (steps, N) the objective per step, and what produced them."""
