@@ -59,6 +59,8 @@ STAGES = (
     "invariance",
 )
 SKIPPABLE = ("synthesis", "evolution", "embedding", "invariance")
+MAX_FILTER_TILES = 20000  # filter grids with more (output, input) tiles are left out
+TSNE_MINIMUM = 90  # three times openTSNE's default perplexity of 30
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,8 @@ class Atlas:
         filters = {}
         for layer in first:
             weight = conv_weight(model, layer)
+            if weight.shape[0] * weight.shape[1] > MAX_FILTER_TILES:
+                continue  # tens of megapixels of 3x3 noise: left out (see the index page)
             filters[layer] = write_png(
                 self.out / "img" / f"filters-{safe_name(layer)}.png", render.filter_grid(weight)
             ).name
@@ -178,8 +182,7 @@ class Atlas:
             for i in top.indices[c].tolist()
             if i >= 0
         ]
-        factor = render.display_scale(shown[0].shape[-1], 56)
-        return render.grid(render.enlarge(torch.stack(shown), factor), columns=3, padding=2)
+        return render.grid(render.fit(torch.stack(shown), 56), columns=3, padding=2)
 
     def _synthesis(self) -> dict:
         result = self._result()
@@ -262,6 +265,10 @@ class Atlas:
 
     def _embedding(self) -> dict:
         count = int(np.sqrt(min(self.config.embed, len(self.data)))) ** 2
+        if count <= TSNE_MINIMUM:
+            return {
+                "note": f"t-SNE needs more than {TSNE_MINIMUM} images; the data has {len(self.data)}"
+            }
         write_embedding(self.loaded, self.data, count, self.out / "img", tile=24, progress=False)
         queries = Subset(self.data, _sample_indices(self.data, 5))
         write_neighbours(self.loaded, queries, self.data, 6, self.out / "img")

@@ -389,8 +389,7 @@ def evolution_cells(
 
 def evolution_strip(tiles: torch.Tensor, columns: int) -> np.ndarray:
     """Evolution tiles enlarged and laid out `columns` (checkpoints) per row."""
-    factor = render.display_scale(tiles.shape[-1], 48)
-    return render.grid(render.enlarge(tiles, factor), columns=columns, padding=2)
+    return render.grid(render.fit(tiles, 48), columns=columns, padding=2)
 
 
 def write_evolution(evo: Evolution, data: Dataset, spec: str, out: Path) -> list[Path]:

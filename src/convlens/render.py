@@ -113,6 +113,19 @@ def display_scale(height: int, target: int = 96) -> int:
     return max(1, target // max(height, 1))
 
 
+def fit(tiles: torch.Tensor, size: int) -> torch.Tensor:
+    """Tiles (N, C, h, w) brought near `size` pixels: small ones enlarged by an integer factor
+    (crisp pixels), large ones (over twice `size`, e.g. a 435-pixel receptive field) shrunk
+    with antialiasing, so figures stay small on disk."""
+    side = tiles.shape[-1]
+    if side <= 2 * size:
+        return enlarge(tiles, display_scale(side, size))
+    height = max(1, round(tiles.shape[-2] * size / side))
+    return torch.nn.functional.interpolate(
+        tiles.float(), size=(height, size), mode="bilinear", antialias=True
+    ).clamp(0, 1)
+
+
 def per_channel_tiles(weight: torch.Tensor) -> torch.Tensor:
     """Deeper filters (O, I, k, k) as grey tiles (O*I, 1, k, k), one per input channel, each
     filter's I tiles normalised together so their relative strength shows."""
@@ -213,10 +226,9 @@ def top_examples_figure(
     """Zeiler & Fergus Fig. 2 for one feature map: the grid of deconvnet projections beside the
     grid of image patches. `patches` (k, C, s, s) in [0, 1]; `projections` (k, C, s, s) signed,
     each stretched around zero on its own."""
-    factor = display_scale(patches.shape[-1], size)
     shown = signed_stretch(projections.float(), dims=(1, 2, 3), quantile=0.995)
-    left = grid(enlarge(shown, factor), columns, padding=2)
-    right = grid(enlarge(patches.float(), factor), columns, padding=2)
+    left = grid(fit(shown, size), columns, padding=2)
+    right = grid(fit(patches.float(), size), columns, padding=2)
     return side_by_side([left, right])
 
 
