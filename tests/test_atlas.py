@@ -137,3 +137,22 @@ def test_a_browser_finds_every_image_and_link_working(atlas):
         assert visible == 1
         browser.close()
     assert errors == [] and outside == [] and dialogs == []
+
+
+def test_a_small_unlabelled_dataset_gets_notes_instead_of_broken_sections(tmp_path):
+    from convlens.data import open_data
+
+    entry = BUILTIN_MODELS["zfnet-fashion"]
+    torch.manual_seed(0)
+    transform = Preprocess(1, (28, 28), entry.mean, entry.std)
+    loaded = LoadedModel(
+        entry.build().eval(), transform, FASHION_CLASSES, entry.input_size, entry.name
+    )
+    data = open_data("sample:coffee,chelsea,rocket", transform)
+    config = AtlasConfig(layers=["features.13"], images=2, skip=("synthesis", "evolution"))
+    index = write_atlas(loaded, data, tmp_path, config, progress=False).read_text()
+    assert "t-SNE needs more than 90 images; the data has 3" in index
+    assert "invariance needs labelled images" in index
+    for page in tmp_path.glob("*.html"):
+        for link in local_links(page):
+            assert (tmp_path / link).is_file(), (page.name, link)
