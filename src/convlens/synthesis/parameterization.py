@@ -24,14 +24,15 @@ FOURIER_SCALE = 4.0  # Lucid's constant dividing the inverse FFT (keeps the sigm
 
 
 class PixelImage:
-    """The input-space image (N, C, H, W) is the parameter; init 0 (the mean image) or noise."""
+    """The input-space image (N, C, H, W) is the parameter; init 0 (the mean image) or noise of
+    std `init_std` (a number, or one per channel (1, C, 1, 1))."""
 
     def __init__(
         self,
         shape: tuple[int, int, int, int],
         generator: torch.Generator,
         device: torch.device,
-        init_std: float = 0.0,
+        init_std: float | torch.Tensor = 0.0,
     ) -> None:
         self.tensor = (torch.randn(shape, generator=generator) * init_std).to(device)
         self.tensor.requires_grad_(True)
