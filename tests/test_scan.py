@@ -17,7 +17,7 @@ from torch.utils.data import TensorDataset
 import convlens as cl
 from convlens import render
 from convlens.hooks import capture
-from convlens.scan import ScanResult, scan
+from convlens.scan import ScanResult, channel_maxima, scan
 
 HERE = Path(__file__).parent
 
@@ -66,6 +66,24 @@ def test_scan_equals_brute_force_with_ties(net, channels_last):
             torch.testing.assert_close(top.values, values)
         else:
             assert torch.equal(top.values, values), layer
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_channel_maxima_keep_the_first_maximum_in_row_major_order(channels_last):
+    torch.manual_seed(0)
+    maps = torch.randint(0, 4, (5, 6, 7, 9)).float()  # many tied maxima inside each map
+    if channels_last:
+        maps = maps.contiguous(memory_format=torch.channels_last)
+    values, positions = channel_maxima(maps)
+    for image in range(5):
+        for channel in range(6):
+            grid = maps[image, channel].tolist()
+            best = max(max(row) for row in grid)
+            first = next(
+                (y, x) for y, row in enumerate(grid) for x, v in enumerate(row) if v == best
+            )
+            assert values[image, channel] == best
+            assert tuple(positions[image, channel].tolist()) == first
 
 
 def test_fewer_images_than_k_and_save_load_round_trip(tmp_path):

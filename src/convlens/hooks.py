@@ -108,7 +108,7 @@ def capture(
     *,
     detach: bool = True,
     stop: bool = False,
-    reduce: Callable[[str, torch.Tensor], object] | None = None,
+    reduce: Callable[[torch.Tensor], object] | None = None,
 ) -> Iterator[Captured]:
     """Record the output of each named layer during the forward passes run inside the block.
 
@@ -116,7 +116,7 @@ def capture(
     that runs later does not change them. A module called more than once per forward (a reused
     ReLU) is refused, because "its output" would be ambiguous. With `stop`, `captured.forward(x)`
     ends the forward as soon as every layer is captured (their first call counts). With
-    `reduce`, what is kept is `reduce(name, output)`, computed at once (no clone of the whole map).
+    `reduce`, what is kept is `reduce(output)`, computed at once (no clone of the whole map).
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(inplace=True))
@@ -145,7 +145,7 @@ def capture(
             if tensor is None:
                 raise ConvlensError(f"layer {name!r} returned no tensor; choose another layer")
             if reduce is not None:
-                captured[name] = reduce(name, tensor.detach() if detach else tensor)
+                captured[name] = reduce(tensor.detach() if detach else tensor)
             else:
                 captured[name] = tensor.detach().clone() if detach else tensor.clone()
             if stop and len(calls) == len(modules):

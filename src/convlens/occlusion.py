@@ -218,7 +218,7 @@ def _occluded_maps(
     return prob, argmax, activation
 
 
-def _spatial_sums(_layer: str, output: torch.Tensor) -> torch.Tensor:
+def _spatial_sums(output: torch.Tensor) -> torch.Tensor:
     """(B, C) total activation of each feature map."""
     if output.dim() != 4:
         raise ConvlensError(

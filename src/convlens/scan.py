@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -119,51 +120,50 @@ def _empty(channels: int, k: int, device: torch.device) -> TopK:
     )
 
 
-def channel_maxima(
-    activation: torch.Tensor, floor: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
+def channel_maxima(activation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Each image's score per channel (max over positions) and its (y, x), first in row-major
     order on ties: (B, C) and (B, C, 2). Taken inside the forward hook, so no map is copied.
 
-    Finding positions is the costly part (a max with indices over a channels-last map is ~20x
-    slower than a plain max). So the row comes from the row maxima and only that row is searched
-    for x; and with `floor` (C,), the running k-th value of each channel, positions are found only
-    where the score reaches it (elsewhere -1: those images cannot enter the top-k).
+    One pass over the map in its own storage order: a max over the flattened map for the default
+    format, a whole-map max pool for channels-last (both keep the first maximum; a max with
+    indices over a channels-last map would be ~20x slower).
     """
     if activation.dim() != 4:
         raise ConvlensError(
             f"scan needs (N, C, H, W) feature maps; got a layer output of shape {tuple(activation.shape)}"
         )
+    width = activation.shape[3]
     if activation.is_contiguous() or not activation.is_contiguous(
         memory_format=torch.channels_last
     ):
-        row_maxima = activation.amax(dim=3)  # (B, C, H), reduced in storage order
+        values, flat = activation.flatten(2).max(dim=2)
     else:
-        row_maxima = activation.permute(0, 2, 3, 1).amax(dim=2).transpose(1, 2)
-    values = row_maxima.amax(dim=2)
-    wanted = values >= floor if floor is not None else torch.ones_like(values, dtype=torch.bool)
-    image, channel = wanted.nonzero(as_tuple=True)
-    positions = torch.full((*values.shape, 2), -1, dtype=torch.long, device=values.device)
-    if len(image) == 0:
-        return values.float(), positions
-    candidate_rows = row_maxima[image, channel]  # (S, H)
-    height = candidate_rows.shape[1]
-    countdown = torch.arange(height, 0, -1, device=values.device)
-    is_max = candidate_rows == values[image, channel].unsqueeze(1)
-    rows = height - (is_max * countdown).amax(dim=1)  # the first row holding the maximum
-    columns = activation[image, channel, rows].argmax(dim=-1)
-    positions[image, channel] = torch.stack([rows, columns], dim=-1)
-    return values.float(), positions
+        values, flat = F.max_pool2d(activation, activation.shape[2:], return_indices=True)
+        values, flat = values.flatten(1), flat.flatten(1)
+    return values.float(), torch.stack([flat // width, flat % width], dim=-1)
 
 
-def batch_candidates(maxima: tuple[torch.Tensor, torch.Tensor], indices: torch.Tensor) -> TopK:
-    """A batch's (C, B) candidates from its `channel_maxima`."""
-    values, positions = maxima
+def batch_candidates(
+    maxima: Sequence[tuple[torch.Tensor, torch.Tensor]], indices: torch.Tensor
+) -> TopK:
+    """A batch's candidates from the `channel_maxima` of each layer, the channels of all layers
+    stacked: (ΣC, B), so one merge per batch serves every layer."""
+    values = torch.cat([layer_values for layer_values, _ in maxima], dim=1)
+    positions = torch.cat([layer_positions for _, layer_positions in maxima], dim=1)
     return TopK(
         values.t(),
         indices.to(values.device).unsqueeze(0).expand(values.shape[1], -1),
         positions.transpose(0, 1),
     )
+
+
+def split_layers(stacked: TopK, layers: Sequence[str], widths: Sequence[int]) -> dict[str, TopK]:
+    """Per-layer views of a state whose channels stack `layers` of `widths` channels."""
+    parts = [
+        torch.split(getattr(stacked, name), list(widths))
+        for name in ("values", "indices", "positions")
+    ]
+    return {layer: TopK(*pieces) for layer, *pieces in zip(layers, *parts)}
 
 
 def fingerprint(model: nn.Module) -> str:
@@ -181,14 +181,14 @@ def fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def _finish(running: dict[str, TopK]) -> dict[str, TopK]:
+def _finish(layers: dict[str, TopK]) -> dict[str, TopK]:
     return {
         layer: TopK(
             top.values.cpu(),
             torch.where(top.indices == _NO_INDEX, -1, top.indices).cpu(),
             top.positions.cpu(),
         )
-        for layer, top in running.items()
+        for layer, top in layers.items()
     }
 
 
@@ -245,17 +245,13 @@ def scan(
         "model_fingerprint": fingerprint(model),
         **(description or {}),
     }
-    running: dict[str, TopK] = {}
-    done = _resume(Path(checkpoint), meta, running, device) if checkpoint else 0
+    running, widths, done = (
+        _resume(Path(checkpoint), meta, device) if checkpoint else (None, None, 0)
+    )
     started = time.perf_counter()
-
-    def maxima(layer: str, activation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        floor = running[layer].values[:, -1].to(activation.dtype) if layer in running else None
-        return channel_maxima(activation, floor)
-
     with (
         preserved_state(model),
-        capture(model, layers, stop=True, reduce=maxima) as acts,
+        capture(model, layers, stop=True, reduce=channel_maxima) as acts,
         torch.inference_mode(),
     ):
         bar = tqdm(stream, desc="scan", unit="batch", disable=not progress, initial=done)
@@ -264,27 +260,26 @@ def scan(
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             acts.forward(images)
-            for layer in layers:
-                if layer in running and bool((acts[layer][1] < 0).all()):
-                    continue  # no image of the batch reaches the running top-k
-                candidates = batch_candidates(acts[layer], batch.indices)
-                current = running.get(layer) or _empty(
-                    candidates.values.shape[0], k, candidates.values.device
-                )
-                running[layer] = merge_topk(current, candidates, k)
+            maxima = [acts[layer] for layer in layers]
+            widths = widths or [layer_values.shape[1] for layer_values, _ in maxima]
+            candidates = batch_candidates(maxima, batch.indices)
+            if running is None:
+                running = _empty(sum(widths), k, candidates.values.device)
+            running = merge_topk(running, candidates, k)
             bar.update(1)
             bar.set_postfix(
                 images_per_s=f"{number * batch_size / max(time.perf_counter() - started, 1e-9):.0f}",
                 refresh=False,
             )
             if checkpoint and number % checkpoint_every == 0:
-                _save_state(Path(checkpoint), meta, running, number)
+                _save_state(Path(checkpoint), meta, split_layers(running, layers, widths), number)
         bar.close()
     if checkpoint and Path(checkpoint).exists():
         Path(checkpoint).unlink()
         Path(checkpoint).with_suffix(".json").unlink(missing_ok=True)
     meta["skipped"] = stream.skipped
-    return ScanResult(_finish(running), meta)
+    found = split_layers(running, layers, widths) if running is not None else {}
+    return ScanResult(_finish(found), meta)
 
 
 def _skip(stream: BatchStream, done: int):
@@ -313,9 +308,13 @@ def _save_state(path: Path, meta: dict, running: dict[str, TopK], batches: int) 
     write_checkpoint(path, tensors, {**meta, "batches_done": batches})
 
 
-def _resume(path: Path, meta: dict, running: dict[str, TopK], device: torch.device) -> int:
+def _resume(
+    path: Path, meta: dict, device: torch.device
+) -> tuple[TopK | None, list[int] | None, int]:
+    """The saved state with every layer's channels stacked, the layers' widths and the number of
+    batches done; (None, None, 0) when there is no checkpoint."""
     if not path.exists():
-        return 0
+        return None, None, 0
     saved = safetensors_metadata(path)
     batches = saved.pop("batches_done")
     changed = [key for key in meta if saved.get(key) != meta[key]]
@@ -325,11 +324,14 @@ def _resume(path: Path, meta: dict, running: dict[str, TopK], device: torch.devi
             "Delete it to start afresh, or scan into another folder"
         )
     tensors = load_file(str(path))
-    for layer in meta["layers"]:
-        running[layer] = TopK(
-            *(tensors[f"{layer}/{name}"].to(device) for name in ("values", "indices", "positions"))
+    stacked = TopK(
+        *(
+            torch.cat([tensors[f"{layer}/{name}"] for layer in meta["layers"]]).to(device)
+            for name in ("values", "indices", "positions")
         )
-    return batches
+    )
+    widths = [tensors[f"{layer}/values"].shape[0] for layer in meta["layers"]]
+    return stacked, widths, batches
 
 
 def gather_shards(result: ScanResult, k: int) -> ScanResult:
