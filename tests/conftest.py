@@ -45,6 +45,30 @@ class TinyResNet(nn.Module):
         return self.head(out.mean((2, 3)))
 
 
+def batchnorm_net() -> nn.Sequential:
+    """Conv → batch-norm pairs (a conv without bias, a norm without affine) with running
+    statistics far from the identity, then a classifier head; in eval mode."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1, bias=False),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, stride=2, padding=1),
+        nn.BatchNorm2d(4, affine=False),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    )
+    with torch.no_grad():
+        for norm in (net[1], net[4]):
+            norm.running_mean.uniform_(-1, 1)
+            norm.running_var.uniform_(0.3, 3)
+        net[1].weight.uniform_(0.5, 2)
+        net[1].bias.normal_()
+    return net.eval()
+
+
 @pytest.fixture
 def sequential_net() -> nn.Sequential:
     torch.manual_seed(0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TinyResNet, small_sequential
+from conftest import TinyResNet, batchnorm_net, small_sequential
 from torch import nn
 
 from convlens import ConvlensError, occlusion
@@ -57,7 +57,11 @@ def brute_force(model, image, target, window, stride, fill, layer):
 
 @pytest.mark.parametrize(
     ("make", "layer", "size"),
-    [(classifier, "0.3", (2, 19, 17)), (lambda: TinyResNet().train(), "conv2", (2, 16, 16))],
+    [
+        (classifier, "0.3", (2, 19, 17)),
+        (lambda: TinyResNet().train(), "conv2", (2, 16, 16)),
+        (lambda: batchnorm_net().train(), "2", (2, 12, 12)),  # batch norm folded for the pass
+    ],
 )
 @pytest.mark.parametrize("batch_size", [None, 7])
 def test_maps_equal_one_forward_per_position(make, layer, size, batch_size):

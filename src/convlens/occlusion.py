@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from convlens._errors import ConvlensError
 from convlens.attribution import class_indices
 from convlens.hooks import capture, model_device, preserved_state, registered_hooks, resolve_layer
+from convlens.models.fusion import fold_batchnorm
 
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of activations for one batch of occluded images
 MAX_BATCH = 32  # larger CPU batches were slower (cache); measured on alexnet and resnet18
@@ -138,10 +139,12 @@ def occlusion(
     layers = [layer] if layer else []
     for name in layers:
         resolve_layer(model, name)
+    with preserved_state(model), torch.inference_mode():
+        runner = fold_batchnorm(model, images[:1], keep=layers)
     with (
         preserved_state(model),
         torch.inference_mode(),
-        capture(model, layers, reduce=_spatial_sums) as acts,
+        capture(runner, layers, reduce=_spatial_sums) as acts,
         torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast),
     ):
         logits = acts.forward(images).float()
@@ -152,7 +155,7 @@ def occlusion(
         )
         base_prob = logits.softmax(dim=1).gather(1, targets[:, None])[:, 0]
         channel = acts[layer].argmax(dim=1) if layer else None
-        per_forward = batch_size or _batch_size(model, images[:1], memory_budget)
+        per_forward = batch_size or _batch_size(runner, images[:1], memory_budget)
         maps = _occluded_maps(
             acts,
             images,
