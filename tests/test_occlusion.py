@@ -17,6 +17,20 @@ def classifier() -> nn.Sequential:
     ).train()
 
 
+class Untraceable(nn.Module):
+    """Control flow on values: torch.fx cannot trace it, so occlusion runs whole images."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, padding=1)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x).relu()
+        y = y if y.sum() > 0 else -y
+        return self.head(y.mean((2, 3)))
+
+
 def brute_force(model, image, target, window, stride, fill, layer):
     """One forward per occluder position, the square set by slicing; the layer's maps captured
     with a hook of its own; sensitivity averaged pixel by pixel."""
@@ -61,6 +75,7 @@ def brute_force(model, image, target, window, stride, fill, layer):
         (classifier, "0.3", (2, 19, 17)),
         (lambda: TinyResNet().train(), "conv2", (2, 16, 16)),
         (lambda: batchnorm_net().train(), "2", (2, 12, 12)),  # batch norm folded for the pass
+        (lambda: Untraceable().train(), "conv", (2, 11, 11)),
     ],
 )
 @pytest.mark.parametrize("batch_size", [None, 7])

@@ -68,7 +68,7 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor, keep: Iterable[str] 
     for conv, bn in pairs:
         _fold_pair(folded.get_submodule(conv), folded.get_submodule(bn))
         parent, _, child = bn.rpartition(".")
-        setattr(folded.get_submodule(parent), child, nn.Identity())
+        setattr(folded.get_submodule(parent), child, nn.Identity().train(False))
     expected, got = model(example), folded(example)
     scale = expected.abs().max().clamp(min=1.0)
     if not torch.allclose(got, expected, rtol=0.0, atol=FOLD_TOLERANCE * float(scale)):
