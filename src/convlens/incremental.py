@@ -269,18 +269,17 @@ class _IncrementalInterpreter(fx.Interpreter):
         self.captured: torch.Tensor | None = None
 
     def run_node(self, node: fx.Node) -> object:
-        result = self._local(node)
+        args, kwargs = self.fetch_args_kwargs_from_env(node)
+        result = self._local(node, args, kwargs)
         if result is None:
-            args, kwargs = self.fetch_args_kwargs_from_env(node)
             args, kwargs = fx.node.map_aggregate((args, kwargs), _whole)
             result = getattr(self, node.op)(node.target, args, kwargs)
         if node is self.owner.layer_node:
             self.captured = _whole(result)
         return result
 
-    def _local(self, node: fx.Node) -> Patch | None:
+    def _local(self, node: fx.Node, args: tuple, kwargs: dict) -> Patch | None:
         """The node's output as a Patch when its op is local and its input a Patch, else None."""
-        args, kwargs = self.fetch_args_kwargs_from_env(node)
         if not args or not isinstance(args[0], Patch):
             return None
         base_out = self.owner.base_outputs[node.name]
@@ -299,7 +298,8 @@ class _IncrementalInterpreter(fx.Interpreter):
         binary = (node.op == "call_function" and node.target in BINARY_FUNCTIONS) or (
             node.op == "call_method" and node.target in BINARY_METHODS
         )
-        if pointwise and all(not isinstance(a, (Patch, torch.Tensor)) for a in args[1:]):
+        tensors = (Patch, torch.Tensor)
+        if pointwise and not any(isinstance(a, tensors) for a in (*args[1:], *kwargs.values())):
             return Patch(
                 _apply(node, patch.data.clone(), args[1:], kwargs), patch.y, patch.x, base_out
             )
