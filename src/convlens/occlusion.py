@@ -12,6 +12,7 @@ runs whole occluded images instead.
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -153,6 +154,8 @@ def occlusion(
         resolve_layer(model, name)
     with preserved_state(model), torch.inference_mode():
         runner = fold_batchnorm(model, images[:1], keep=layers)
+        if fast:
+            runner = _in_bfloat16(runner, model)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast):
             with capture(runner, layers, reduce=_spatial_sums) as acts:
                 logits = acts.forward(images).float()
@@ -297,6 +300,27 @@ def _agree(expected: torch.Tensor | None, got: torch.Tensor | None, tolerance: f
     expected, got = expected.float(), got.float()
     scale = float(expected.abs().max().clamp(min=1.0))
     return got.shape == expected.shape and bool(((got - expected).abs() <= tolerance * scale).all())
+
+
+def _in_bfloat16(runner: nn.Module, model: nn.Module) -> nn.Module:
+    """`runner` with its weights in bfloat16, cast once (under inference mode autocast would cast
+    them again at every forward). Never the user's model: a copy of it is made with its tensors
+    cast on the way, so no float32 copy is held at the same time."""
+    if runner is not model:
+        return runner.to(torch.bfloat16)  # already a private copy (batch norm folded)
+    cast: dict[int, torch.Tensor] = {
+        id(param): nn.Parameter(param.detach().to(torch.bfloat16), requires_grad=False)
+        for param in model.parameters()
+        if param.is_floating_point()
+    }
+    cast.update(
+        {
+            id(buffer): buffer.to(torch.bfloat16)
+            for buffer in model.buffers()
+            if buffer.is_floating_point()
+        }
+    )
+    return copy.deepcopy(model, memo=cast)
 
 
 def _spatial_sums(output: torch.Tensor) -> torch.Tensor:
