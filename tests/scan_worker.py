@@ -12,7 +12,7 @@ import sys
 import torch
 from torch.utils.data import Dataset
 
-from convlens.scan import distributed_shard, gather_shards, scan
+from convlens.scan import gather_shards, scan, sharded
 
 sys.path.insert(0, os.path.dirname(__file__))
 from conftest import small_sequential
@@ -44,18 +44,18 @@ class WorkerData(Dataset):
 def main() -> None:
     out = sys.argv[1]
     kill_at = int(sys.argv[2]) if len(sys.argv) > 2 else None
-    rank, world = distributed_shard()
-    result = scan(
-        worker_model(),
-        WorkerData(kill_at),
-        k=5,
-        batch_size=4,
-        checkpoint=os.path.join(out, f"state-{rank}.safetensors"),
-        checkpoint_every=1,
-        shard=(rank, world),
-    )
-    if world > 1:
-        result = gather_shards(result, 5)
+    with sharded() as (rank, world):
+        result = scan(
+            worker_model(),
+            WorkerData(kill_at),
+            k=5,
+            batch_size=4,
+            checkpoint=os.path.join(out, f"state-{rank}.safetensors"),
+            checkpoint_every=1,
+            shard=(rank, world),
+        )
+        if world > 1:
+            result = gather_shards(result, 5)
     if rank == 0:
         result.save(os.path.join(out, "result.safetensors"))
 

@@ -734,30 +734,30 @@ def _scan_arguments(parser: argparse.ArgumentParser) -> None:
 def _scan(args: argparse.Namespace) -> None:
     from convlens.data import open_data
     from convlens.pipelines import write_top_examples
-    from convlens.scan import distributed_shard, gather_shards, scan
+    from convlens.scan import gather_shards, scan, sharded
 
     loaded = _load(args)
     data = open_data(args.data, loaded.transform)
-    rank, world = distributed_shard()
-    result = scan(
-        loaded.model,
-        data,
-        _layers_list(args.layers),
-        args.k,
-        batch_size=args.batch_size,
-        checkpoint=args.out / f"scan-state-{rank}-of-{world}.safetensors",
-        checkpoint_every=args.checkpoint_every,
-        shard=(rank, world),
-        description={
-            "model": loaded.spec,
-            "weights": loaded.weights,
-            "data": args.data,
-            **_versions(),
-        },
-        progress=rank == 0,
-    )
-    if world > 1:
-        result = gather_shards(result, args.k)
+    with sharded() as (rank, world):
+        result = scan(
+            loaded.model,
+            data,
+            _layers_list(args.layers),
+            args.k,
+            batch_size=args.batch_size,
+            checkpoint=args.out / f"scan-state-{rank}-of-{world}.safetensors",
+            checkpoint_every=args.checkpoint_every,
+            shard=(rank, world),
+            description={
+                "model": loaded.spec,
+                "weights": loaded.weights,
+                "data": args.data,
+                **_versions(),
+            },
+            progress=rank == 0,
+        )
+        if world > 1:
+            result = gather_shards(result, args.k)
     if rank != 0:
         return
     path = result.save(args.out / "scan.safetensors")

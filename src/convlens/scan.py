@@ -11,7 +11,8 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -360,14 +361,22 @@ def gather_shards(result: ScanResult, k: int) -> ScanResult:
     return ScanResult(merged, meta)
 
 
-def distributed_shard() -> tuple[int, int]:
-    """(rank, world) from torchrun's environment, initialising torch.distributed (gloo on CPU,
-    nccl on GPUs) when more than one process runs; (0, 1) otherwise."""
+@contextmanager
+def sharded() -> Iterator[tuple[int, int]]:
+    """(rank, world) from torchrun's environment; (0, 1) for a single process. With more than
+    one, torch.distributed is initialised for the block (gloo on CPU, nccl on GPUs) and torn down
+    after it, so no process exits with its communication threads still running."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
-        return 0, 1
+        yield 0, 1
+        return
     import torch.distributed as dist
 
-    if not dist.is_initialized():
+    owned = not dist.is_initialized()
+    if owned:
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size()
+    try:
+        yield dist.get_rank(), dist.get_world_size()
+    finally:
+        if owned:
+            dist.destroy_process_group()
