@@ -117,6 +117,22 @@ def test_transforms_pad_jitter_scale_and_an_exact_quarter_turn():
     assert torch.equal(T.random_rotate([0])(image, generator), image)
 
 
+def test_rotation_in_input_space_equals_rotating_the_unit_range_image_with_black_corners():
+    """The sources rotate [0, 1] images (zeros rotated in) before normalising; with the fill set
+    to the normalised 0, rotating the normalised image gives exactly that."""
+    mean, std = torch.tensor([0.4, 0.5]), torch.tensor([0.2, 0.3])
+    unit = torch.rand(1, 2, 9, 9, generator=torch.Generator().manual_seed(1))
+    normalised = (unit - mean.view(1, 2, 1, 1)) / std.view(1, 2, 1, 1)
+    black = -mean / std
+    turned = T.random_rotate([30], black)(normalised, torch.Generator())
+    expected = (T.random_rotate([30])(unit, torch.Generator()) - mean.view(1, 2, 1, 1)) / std.view(
+        1, 2, 1, 1
+    )
+    torch.testing.assert_close(turned, expected)
+    corner = T.random_rotate([45], black)(torch.ones(1, 2, 9, 9), torch.Generator())[0, :, 0, 0]
+    torch.testing.assert_close(corner, black)  # a corner rotated in from outside is all fill
+
+
 def test_fourier_image_scale_and_a_zero_spectrum_is_grey():
     scale = spectrum_scale(8, 8)
     assert scale.shape == (8, 5)
@@ -181,10 +197,9 @@ def test_class_models_of_the_trained_network_are_classified_as_their_class(train
     )
     with torch.no_grad():
         probabilities = trained_default.model(result.inputs).softmax(dim=1).diagonal()
-    # Every class >= 0.9, except that Lucid's "Shirt" (the class most confused with T-shirt,
-    # Pullover and Coat) reaches 0.89 at seed 0 (0.94-1.0 at seeds 1-3): one class may be >= 0.85.
-    assert int((probabilities >= 0.9).sum()) >= (10 if preset == "simonyan" else 9), probabilities
-    assert float(probabilities.min()) >= 0.85, probabilities
+    # Measured at the default seed 0: every class >= 0.9 for both presets. (Lucid over seeds
+    # 0-11: all ten >= 0.9 in 11 runs; at seed 5 the Sneaker image is an Ankle boot.)
+    assert bool((probabilities >= 0.9).all()), probabilities
 
 
 @pytest.mark.slow

@@ -67,11 +67,14 @@ def preset_named(name: str | Preset, **overrides: object) -> Preset:
 
 
 def build_transforms(preset: Preset, prep: Preprocess, device: torch.device) -> T.Transform:
-    """The preset's transform chain in input space (grey padding = the normalised 0.5), then
-    `fit` to the model's input size.
+    """The preset's transform chain in input space, then `fit` to the model's input size. The
+    sources transform [0, 1] images before the model's normalisation: padding is their grey 0.5
+    and corners rotated in are 0 (black), here both normalised; scaling and cropping commute
+    with the normalisation.
     Pad and jitter amounts were set for models with 224-pixel inputs; for smaller inputs they
     shrink in proportion (a 12-pixel pad on a 28-pixel image would be most of the picture)."""
     grey = prep.normalize(torch.full((prep.channels, 1, 1), 0.5, device=device)).flatten()
+    black = prep.normalize(torch.zeros((prep.channels, 1, 1), device=device)).flatten()
 
     def pixels(amount: int) -> int:
         return max(1, round(amount * min(prep.size[0], REFERENCE_SIDE) / REFERENCE_SIDE))
@@ -80,7 +83,7 @@ def build_transforms(preset: Preset, prep: Preprocess, device: torch.device) -> 
         "pad": lambda width: T.pad(pixels(width), grey),
         "jitter": lambda shift: T.jitter(pixels(shift)),
         "scale": T.random_scale,
-        "rotate": T.random_rotate,
+        "rotate": lambda degrees: T.random_rotate(degrees, black),
     }
     chain = [makers[kind](value) for kind, value in preset.transforms]
     return T.compose([*chain, T.fit(prep.size)])

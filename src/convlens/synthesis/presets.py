@@ -117,8 +117,8 @@ PRESETS: dict[str, Preset] = {
             name="lucid",
             source="Lucid / Lucent render_vis defaults: 512 steps of Adam (lr 0.05) on a Fourier "
             "image (sd 0.01, decay power 1) with decorrelated colour and a sigmoid, through the "
-            "standard transforms: pad 12 (grey), jitter 8, scale 0.9-1.1, rotate -10..10 degrees, "
-            "jitter 4",
+            "standard transforms: pad 12 (grey), jitter 8, scale 0.9-1.1, rotate -10..10 degrees "
+            "(black corners), jitter 4",
             parameterization="fourier",
             optimizer="adam",
             lr=0.05,
@@ -129,7 +129,8 @@ PRESETS: dict[str, Preset] = {
             name="distill",
             source="Olah, Mordvintsev & Schubert 2017, Feature Visualization (Distill): 2560 steps "
             "of Adam (lr 0.05) on a decorrelated Fourier image, with transformation robustness: "
-            "pad 16, jitter 16, scale 0.95-1.05, rotate -5..5 degrees, jitter 8",
+            "pad 16, jitter 16, scale 0.95-1.05, rotate -5..5 degrees, jitter 8 (values as in three "
+            "independent reimplementations that cite the article; its own text was not at hand)",
             parameterization="fourier",
             optimizer="adam",
             lr=0.05,

@@ -17,16 +17,21 @@ def _choice(options: Sequence[float], generator: torch.Generator) -> float:
     return options[int(torch.randint(len(options), (1,), generator=generator))]
 
 
+def _filled(image: torch.Tensor, inside: torch.Tensor, fill: torch.Tensor | float) -> torch.Tensor:
+    """`image` (zero where nothing was sampled) with `fill` (a value, or one per channel (C,))
+    blended in where `inside` (the sampled weight, 1 inside, 0 outside) is below 1."""
+    if not isinstance(fill, torch.Tensor) and fill == 0.0:
+        return image
+    border = torch.as_tensor(fill, dtype=image.dtype, device=image.device)
+    return image + (1 - inside) * border.reshape(1, -1, 1, 1)
+
+
 def pad(width: int, fill: torch.Tensor | float = 0.0) -> Transform:
     """Pad every side by `width` pixels of `fill` (a value, or one per channel (C,))."""
 
     def apply(image: torch.Tensor, _generator: torch.Generator) -> torch.Tensor:
-        padded = F.pad(image, [width] * 4, value=0.0)
-        if isinstance(fill, torch.Tensor) or fill != 0.0:
-            inside = F.pad(torch.ones_like(image[:1, :1]), [width] * 4)
-            border = torch.as_tensor(fill, dtype=image.dtype, device=image.device)
-            padded = padded + (1 - inside) * border.reshape(1, -1, 1, 1)
-        return padded
+        inside = F.pad(torch.ones_like(image[:1, :1]), [width] * 4)
+        return _filled(F.pad(image, [width] * 4, value=0.0), inside, fill)
 
     return apply
 
@@ -55,8 +60,9 @@ def random_scale(scales: Sequence[float]) -> Transform:
     return apply
 
 
-def random_rotate(degrees: Sequence[float]) -> Transform:
-    """Rotate about the centre by an angle drawn from `degrees` (bilinear, zeros outside)."""
+def random_rotate(degrees: Sequence[float], fill: torch.Tensor | float = 0.0) -> Transform:
+    """Rotate about the centre by an angle drawn from `degrees` (bilinear); corners rotated in
+    from outside take `fill` (a value, or one per channel (C,))."""
 
     def apply(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         angle = math.radians(_choice(degrees, generator))
@@ -69,7 +75,11 @@ def random_rotate(degrees: Sequence[float]) -> Transform:
         grid = F.affine_grid(
             matrix.expand(len(image), 2, 3), list(image.shape), align_corners=False
         )
-        return F.grid_sample(image, grid, mode="bilinear", align_corners=False)
+        turned = F.grid_sample(image, grid, mode="bilinear", align_corners=False)
+        inside = F.grid_sample(
+            torch.ones_like(image[:, :1]), grid, mode="bilinear", align_corners=False
+        )
+        return _filled(turned, inside, fill)
 
     return apply
 
