@@ -129,8 +129,9 @@ PRESETS: dict[str, Preset] = {
             name="distill",
             source="Olah, Mordvintsev & Schubert 2017, Feature Visualization (Distill): 2560 steps "
             "of Adam (lr 0.05) on a decorrelated Fourier image, with transformation robustness: "
-            "pad 16, jitter 16, scale 0.95-1.05, rotate -5..5 degrees, jitter 8 (values as in three "
-            "independent reimplementations that cite the article; its own text was not at hand)",
+            "pad 16, jitter 16, scale 0.95-1.05, rotate -5..5 degrees, jitter 8 (values as in "
+            "independent reimplementations, one attributing them to the article; its own text was "
+            "not at hand)",
             parameterization="fourier",
             optimizer="adam",
             lr=0.05,
