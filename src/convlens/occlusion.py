@@ -25,7 +25,7 @@ from convlens._errors import ConvlensError
 from convlens.attribution import class_indices
 from convlens.hooks import capture, model_device, preserved_state, registered_hooks, resolve_layer
 from convlens.incremental import IncrementalForward, Patch, Untraceable
-from convlens.models.fusion import fold_batchnorm
+from convlens.models.fusion import fold_batchnorm, outputs_agree
 
 EXACT_AGREEMENT = 1e-4  # incremental vs plain forward, relative to the output's scale
 FAST_AGREEMENT = 5e-2  # the same in bfloat16
@@ -297,9 +297,7 @@ def _occluded_forward(
 def _agree(expected: torch.Tensor | None, got: torch.Tensor | None, tolerance: float) -> bool:
     if expected is None or got is None:
         return expected is None and got is None
-    expected, got = expected.float(), got.float()
-    scale = float(expected.abs().max().clamp(min=1.0))
-    return got.shape == expected.shape and bool(((got - expected).abs() <= tolerance * scale).all())
+    return outputs_agree(expected, got, tolerance)
 
 
 def _in_bfloat16(runner: nn.Module, model: nn.Module) -> nn.Module:
