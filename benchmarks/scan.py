@@ -21,11 +21,13 @@ import torch
 import torchvision
 from torch.utils.data import TensorDataset
 
+from convlens.models.layers import default_layers, receptive_field
 from convlens.models.loading import LoadedModel
 from convlens.models.preprocess import Preprocess
 from convlens.models.zoo import BUILTIN_MODELS, FASHION_CLASSES
-from convlens.pipelines import write_top_examples
-from convlens.scan import default_layers, scan
+from convlens.report import write_png
+from convlens.report.figures import top_examples_figure
+from convlens.scan import scan, top_examples
 
 
 def plain_forward(model: torch.nn.Module, images: torch.Tensor, batch: int) -> float:
@@ -82,9 +84,14 @@ def render_time(images: int) -> dict:
     data = TensorDataset(torch.randn(images, 1, 28, 28))
     layer = "features.13"
     result = scan(model, data, [layer])
+    top, field = result[layer], receptive_field(model, layer, entry.input_size)
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
-        written = write_top_examples(loaded, data, result, Path(out), progress=False)
+        written = []
+        for channel in range(top.values.shape[0]):
+            examples = top_examples(model, data, top, layer, channel, field)
+            figure = top_examples_figure(loaded, examples)
+            written.append(write_png(Path(out) / f"unit-{channel:04d}.png", figure))
         took = time.perf_counter() - started
     return {
         "render_layer": f"zfnet-fashion {layer}",

@@ -97,9 +97,10 @@ def trained_default(tmp_path_factory):
     import json
     from dataclasses import asdict
 
+    from convlens._paths import default_model_dir
     from convlens.data.fashion_mnist import DEBIAN_DIR
     from convlens.models.loading import load_model
-    from convlens.training import TrainConfig, default_model_dir, train
+    from convlens.training import TrainConfig, train
 
     if not DEBIAN_DIR.exists():
         pytest.skip("needs Debian's dataset-fashion-mnist")

@@ -12,7 +12,8 @@ import sys
 import torch
 from torch.utils.data import Dataset
 
-from convlens.scan import gather_shards, scan, sharded
+from convlens.distributed import gather_shards, sharded
+from convlens.scan import scan
 
 sys.path.insert(0, os.path.dirname(__file__))
 from conftest import small_sequential

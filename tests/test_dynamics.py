@@ -132,3 +132,19 @@ def test_without_feature_scale_clipping_one_first_layer_filter_dominates_more(tm
     # measured: largest share 0.049 (max RMS 0.100, the radius) with clipping, 0.062 (0.131) without
     assert shares["clipped"][1] <= 0.1 + 1e-6 < shares["free"][1]
     assert shares["free"][0] > shares["clipped"][0] * 1.1, shares
+
+
+def test_evolution_refuses_a_channel_past_the_layer_width_before_scanning(tmp_path):
+    from torch.utils.data import TensorDataset
+
+    import convlens as cl
+    from convlens.models.zoo import BUILTIN_MODELS
+    from convlens.report import write_checkpoint
+
+    entry = BUILTIN_MODELS["zfnet-fashion"]
+    path = write_checkpoint(tmp_path / "epoch-001.safetensors", entry.build().state_dict(), {})
+    data = TensorDataset(torch.randn(2, 1, 28, 28))
+    with pytest.raises(
+        cl.ConvlensError, match="channel 64 is out of range: layer 'features.13' has 64"
+    ):
+        evolution([path, path], data, ["features.13"], channels=[0, 64])

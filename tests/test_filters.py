@@ -10,7 +10,7 @@ from torch.utils.data import TensorDataset
 
 import convlens as cl
 from convlens import render
-from convlens.analysis.filters import rectified_output
+from convlens.models.layers import rectified_output
 
 
 def test_feature_maps_equal_running_the_prefix_of_the_net(sequential_net):

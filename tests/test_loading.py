@@ -10,9 +10,9 @@ import torchvision
 from safetensors.torch import save_file
 
 import convlens as cl
+from convlens._paths import default_model_dir
 from convlens.models.zoo import BUILTIN_MODELS
 from convlens.report import write_checkpoint
-from convlens.training import default_model_dir
 
 
 def cache_random_default(name: str = "zfnet-fashion") -> torch.nn.Module:
@@ -89,3 +89,31 @@ def test_state_dict_that_does_not_fit_lists_missing_and_unexpected_keys(tmp_path
 def test_unknown_spec_lists_close_matches():
     with pytest.raises(cl.ConvlensError, match="'zfnet-fashion'"):
         cl.load_model("zfnet-fashon")
+
+
+def test_a_built_in_name_registered_twice_is_refused():
+    from convlens.models.zoo import register_model
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_model(name="zfnet-fashion", description="again")(lambda: torch.nn.Identity())
+    assert BUILTIN_MODELS["zfnet-fashion"].description.startswith("ZFNet-style")
+
+
+def test_models_loading_refuses_a_missing_built_in_and_cl_load_model_trains_it(cache, monkeypatch):
+    import convlens.training as training
+    from convlens.models.loading import load_model
+
+    with pytest.raises(cl.ConvlensError, match="convlens train --model zfnet-fashion"):
+        load_model("zfnet-fashion")
+    trained = []
+
+    def fake_train(config, out):
+        trained.append(config.model)
+        cache_random_default(config.model)
+
+    monkeypatch.setattr(training, "train", fake_train)
+    with pytest.warns(UserWarning, match="training it now"):
+        loaded = cl.load_model("zfnet-fashion")
+    assert trained == ["zfnet-fashion"] and not loaded.model.training
+    cl.load_model("zfnet-fashion")  # the second call finds it in the cache
+    assert trained == ["zfnet-fashion"]

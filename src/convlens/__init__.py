@@ -22,11 +22,13 @@ from convlens.attribution import deconvnet, gradient, guided_backprop, saliency
 from convlens.embedding import Neighbours, codes, grid_layout, nearest_neighbours, tsne
 from convlens.hooks import capture
 from convlens.models.layers import LayerInfo, ReceptiveField, receptive_field, trace_layers
-from convlens.models.loading import LoadedModel, load_model
+from convlens.models.loading import LoadedModel
 from convlens.occlusion import Occlusion, occlusion
-from convlens.scan import ScanResult, TopK, scan
+from convlens.scan import scan
 from convlens.synthesis import fgsm, fooling_image, invert, synthesize
-from convlens.units import Unit
+from convlens.targets import Unit
+from convlens.topk import ScanResult, TopK
+from convlens.training import load_model
 
 __version__ = "0.1.0"
 

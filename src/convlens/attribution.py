@@ -8,16 +8,13 @@ layer, zeroes every other, and projects it down.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import nn
 
 from convlens._errors import ConvlensError
-from convlens.hooks import backward_rule, capture, model_device, preserved_state
-from convlens.units import Unit
-
-Target = int | Sequence[int] | torch.Tensor | Unit | Sequence[Unit]
+from convlens.hooks import capture, model_device, preserved_state
+from convlens.rules import backward_rule
+from convlens.targets import Target, Unit, class_indices, target_units
 
 
 def _check_images(images: torch.Tensor) -> None:
@@ -26,30 +23,6 @@ def _check_images(images: torch.Tensor) -> None:
     if images.dim() != 4:
         hint = " (one image: add a batch axis with image[None])" if images.dim() == 3 else ""
         raise ValueError(f"images must have shape (N, C, H, W), got {tuple(images.shape)}{hint}")
-
-
-def _units(target: Target, count: int) -> list[Unit] | None:
-    if isinstance(target, Unit):
-        return [target] * count
-    if isinstance(target, (list, tuple)) and target and all(isinstance(t, Unit) for t in target):
-        if len(target) != count:
-            raise ValueError(f"{len(target)} units for {count} images")
-        return list(target)
-    return None
-
-
-def class_indices(target: Target, count: int, classes: int) -> torch.Tensor:
-    """(count,) class indices from one int or one per image, checked against `classes`."""
-    indices = torch.as_tensor(target).long().flatten()
-    if indices.numel() == 1:
-        indices = indices.expand(count)
-    if indices.numel() != count:
-        raise ValueError(f"{indices.numel()} targets for {count} images")
-    if bool(((indices < 0) | (indices >= classes)).any()):
-        raise ConvlensError(
-            f"target class out of range: the model has {classes} outputs (0..{classes - 1})"
-        )
-    return indices
 
 
 def _unit_seeds(
@@ -109,7 +82,7 @@ def project(
     """
     _check_images(images)
     count = len(images)
-    units = _units(target, count)
+    units = target_units(target, count)
     x = images.detach().to(model_device(model)).requires_grad_(True)
     with preserved_state(model, training=False, frozen=True):
         layers = sorted({unit.layer for unit in units}) if units else []

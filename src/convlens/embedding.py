@@ -11,11 +11,12 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
 from convlens._errors import ConvlensError
 from convlens.data import BatchStream
+from convlens.data.select import labels
 from convlens.hooks import model_device, preserved_state, registered_hooks, resolve_layer
 
 
@@ -130,6 +131,33 @@ def grid_layout(xy: np.ndarray, rows: int, cols: int) -> np.ndarray:
     layout = np.full(rows * cols, -1, dtype=np.int64)
     layout[cells] = points
     return layout.reshape(rows, cols)
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """t-SNE of the codes of dataset items `indices`: `xy (N, 2)`, `layout (side, side)` the
+    mosaic (each cell an index into `indices`), `labels (N,)` (-1 where unlabelled)."""
+
+    indices: np.ndarray
+    xy: np.ndarray
+    layout: np.ndarray
+    labels: np.ndarray
+
+
+def embed(model: nn.Module, data: Dataset, count: int, *, progress: bool = False) -> Embedding:
+    """t-SNE of the codes of the first `count` images, rounded down to a square number so the
+    mosaic has no holes, each image given one grid cell (`grid_layout`).
+
+    Example:
+        >>> found = embed(loaded.model, FashionMNIST("test", transform=loaded.transform), 2500)  # doctest: +SKIP
+        >>> found.layout.shape
+        (50, 50)
+    """
+    side = int(np.sqrt(min(count, len(data))))
+    subset = Subset(data, range(side * side))
+    xy = tsne(codes(model, subset, progress=progress))
+    found = labels(subset).numpy()
+    return Embedding(np.arange(side * side), xy, grid_layout(xy, side, side), found)
 
 
 def knn_accuracy(

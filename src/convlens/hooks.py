@@ -1,5 +1,5 @@
-"""Hooks that never outlive the call: activation capture, model-state guards and the backward
-rules of deconvnet and guided backprop.
+"""Hooks that never outlive the call: activation capture and model-state guards (the backward
+rules of deconvnet and guided backprop are in `convlens.rules`).
 
 Every hook convlens registers goes through `registered_hooks`, which removes it in `finally`,
 so a model that raises mid-forward is left exactly as it was found.
@@ -7,14 +7,11 @@ so a model that raises mid-forward is left exactly as it was found.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
 from convlens._errors import ConvlensError, unknown_name_error
@@ -165,142 +162,3 @@ def model_device(model: nn.Module) -> torch.device:
     for tensor in (*model.parameters(), *model.buffers()):
         return tensor.device
     return torch.device("cpu")
-
-
-# --- backward rules for rectifiers ---------------------------------------------------------------
-
-RULES = ("gradient", "deconvnet", "guided")
-
-
-class _RuleReLU(torch.autograd.Function):
-    """ReLU forward (in place when asked) with the backward of a projection rule:
-    deconvnet `relu(grad)` (Zeiler & Fergus), guided `relu(grad) * (input > 0)` (Springenberg)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, rule: str, inplace: bool) -> torch.Tensor:
-        out = x.clamp_min_(0) if inplace else x.clamp_min(0)
-        if inplace:
-            ctx.mark_dirty(x)
-        ctx.rule = rule
-        ctx.save_for_backward(out > 0 if rule == "guided" else None)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (mask,) = ctx.saved_tensors
-        rectified = grad.clamp_min(0)
-        return (rectified * mask if mask is not None else rectified), None, None
-
-
-class _PassThrough(torch.autograd.Function):
-    """Forward `fn(x)`, backward the identity: how the deconvnet treats contrast normalisation."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, fn) -> torch.Tensor:
-        return fn(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return grad, None
-
-
-def _relu_functions() -> dict[object, bool]:
-    """Every way a forward can apply a ReLU, with whether it works in place (F.relu_ is
-    torch.relu_ itself)."""
-    return {
-        F.relu: False,
-        torch.relu: False,
-        torch.relu_: True,
-        torch.Tensor.relu: False,
-        torch.Tensor.relu_: True,
-    }
-
-
-_UNCOVERED = {
-    F.gelu: "GELU",
-    F.silu: "SiLU",
-    F.leaky_relu: "LeakyReLU",
-    F.elu: "ELU",
-    F.selu: "SELU",
-    F.celu: "CELU",
-    F.hardswish: "Hardswish",
-    F.hardsigmoid: "Hardsigmoid",
-    F.hardtanh: "Hardtanh/ReLU6",
-    F.mish: "Mish",
-    F.softplus: "Softplus",
-    F.prelu: "PReLU",
-    F.rrelu: "RReLU",
-    torch.sigmoid: "sigmoid",
-    torch.tanh: "tanh",
-    torch.Tensor.sigmoid: "sigmoid",
-    torch.Tensor.tanh: "tanh",
-    F.leaky_relu_: "LeakyReLU",
-}
-
-
-class _RuleMode(TorchFunctionMode):
-    """Routes every ReLU (module, functional, in place or not, reused) through `_RuleReLU` and
-    notes the nonlinearities the rule cannot cover."""
-
-    def __init__(self, rule: str, normalization: str) -> None:
-        super().__init__()
-        self.rule = rule
-        self.normalization = normalization
-        self.relus = _relu_functions()
-        self.uncovered: set[str] = set()
-        self.applied = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func in self.relus and isinstance(args[0], torch.Tensor) and args[0].requires_grad:
-            inplace = self.relus[func] or bool(
-                kwargs.get("inplace", args[1] if len(args) > 1 else False)
-            )
-            self.applied += 1
-            return _RuleReLU.apply(args[0], self.rule, inplace)
-        if (
-            func is F.local_response_norm
-            and self.normalization == "identity"
-            and args[0].requires_grad
-        ):
-            return _PassThrough.apply(args[0], lambda x: func(x, *args[1:], **kwargs))
-        if func in _UNCOVERED:
-            self.uncovered.add(_UNCOVERED[func])
-        return func(*args, **kwargs)
-
-
-@contextmanager
-def backward_rule(
-    rule: str, *, normalization: str = "gradient", strict: bool = False
-) -> Iterator[_RuleMode | None]:
-    """Inside the block, forwards record ReLUs whose backward follows `rule`.
-
-    `rule` is "gradient" (plain autograd), "deconvnet" or "guided". `normalization` is
-    "gradient" (back-propagate through local response normalisation) or "identity" (pass the
-    signal through, as the deconvnet of Zeiler & Fergus does). Nonlinearities the rule does not
-    cover are reported in one warning after the block, or raise a ConvlensError when `strict`.
-    Nothing is registered on the model, so nothing can be left behind.
-    """
-    if rule not in RULES:
-        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
-    if normalization not in ("gradient", "identity"):
-        raise ValueError(f"normalization must be 'gradient' or 'identity', got {normalization!r}")
-    if rule == "gradient" and normalization == "gradient":
-        yield None
-        return
-    mode = _RuleMode(rule, normalization)
-    with mode:
-        yield mode
-    if mode.uncovered:
-        message = (
-            f"the {rule} rule covers ReLU only; this model also uses "
-            f"{', '.join(sorted(mode.uncovered))}, whose backward stays the plain gradient"
-        )
-        if strict:
-            raise ConvlensError(message)
-        warnings.warn(message, stacklevel=3)
-    if rule != "gradient" and mode.applied == 0:
-        raise ConvlensError(
-            f"the {rule} rule needs ReLUs, and this model's forward applied none; use "
-            "method 'gradient' or 'saliency' for it"
-        )

@@ -12,7 +12,6 @@ runs whole occluded images instead.
 
 from __future__ import annotations
 
-import copy
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,10 +21,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from convlens._errors import ConvlensError
-from convlens.attribution import class_indices
+from convlens.attribution import deconvnet
 from convlens.hooks import capture, model_device, preserved_state, registered_hooks, resolve_layer
 from convlens.incremental import IncrementalForward, Patch, Untraceable
-from convlens.models.fusion import fold_batchnorm, outputs_agree
+from convlens.models.fusion import bfloat16_copy, fold_batchnorm, outputs_agree
+from convlens.targets import Unit, class_indices
 
 EXACT_AGREEMENT = 1e-4  # incremental vs plain forward, relative to the output's scale
 FAST_AGREEMENT = 5e-2  # the same in bfloat16
@@ -149,61 +149,97 @@ def occlusion(
     images = images.to(device)
     ys, xs = corners(images.shape[-2], window, stride), corners(images.shape[-1], window, stride)
     grid_y, grid_x = (axis.flatten().to(device) for axis in torch.meshgrid(ys, xs, indexing="ij"))
-    layers = [layer] if layer else []
-    for name in layers:
-        resolve_layer(model, name)
+    if layer:
+        resolve_layer(model, layer)
     with preserved_state(model), torch.inference_mode():
-        runner = fold_batchnorm(model, images[:1], keep=layers)
-        if fast:
-            runner = _in_bfloat16(runner, model)
+        base = _base_forward(model, images, target, layer, fast)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast):
-            with capture(runner, layers, reduce=_spatial_sums) as acts:
-                logits = acts.forward(images).float()
-            targets = (
-                logits.argmax(dim=1)
-                if target is None
-                else class_indices(target, len(images), logits.shape[1]).to(device)
-            )
-            base_prob = logits.softmax(dim=1).gather(1, targets[:, None])[:, 0]
-            channel = acts[layer].argmax(dim=1) if layer else None
-            per_forward = batch_size or _batch_size(runner, images[:1], memory_budget)
+            per_forward = batch_size or _batch_size(base.runner, images[:1], memory_budget)
             maps = _occluded_maps(
-                runner,
-                images,
-                targets,
-                channel,
-                layer,
-                (grid_y, grid_x),
-                window,
-                fill,
-                per_forward,
-                progress,
-                fast,
+                base, images, (grid_y, grid_x), window, fill, per_forward, progress, fast
             )
-    shape = (len(images), len(ys), len(xs))
+    return _result(base, maps, ys, xs, window, stride, tuple(images.shape[-2:]))
+
+
+def strongest_projection(
+    model: nn.Module, images: torch.Tensor, maps: Occlusion
+) -> torch.Tensor | None:
+    """(N, C, H, W): the deconvnet projection of the feature map each image's occlusion followed
+    (Fig. 7 (c)), or None when `maps` follows no layer."""
+    if maps.layer is None:
+        return None
+    units = [Unit(maps.layer, int(channel)) for channel in maps.channel]
+    return deconvnet(model, images, units)
+
+
+@dataclass(frozen=True)
+class _BaseForward:
+    """The unoccluded forward: the network to occlude with (batch norm folded, bfloat16 when
+    fast), target classes, their probabilities and `layer`'s strongest map per image."""
+
+    runner: nn.Module
+    targets: torch.Tensor
+    base_prob: torch.Tensor
+    layer: str | None
+    channel: torch.Tensor | None
+
+
+def _base_forward(
+    model: nn.Module,
+    images: torch.Tensor,
+    target: int | list[int] | torch.Tensor | None,
+    layer: str | None,
+    fast: bool,
+) -> _BaseForward:
+    """Fold batch norm (cast to bfloat16 when `fast`) and forward the unoccluded images."""
+    layers = [layer] if layer else []
+    runner = fold_batchnorm(model, images[:1], keep=layers)
+    if fast:
+        runner = bfloat16_copy(runner, model)
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=fast):
+        with capture(runner, layers, reduce=_spatial_sums) as acts:
+            logits = acts.forward(images).float()
+        targets = (
+            logits.argmax(dim=1)
+            if target is None
+            else class_indices(target, len(images), logits.shape[1]).to(images.device)
+        )
+        base_prob = logits.softmax(dim=1).gather(1, targets[:, None])[:, 0]
+        channel = acts[layer].argmax(dim=1) if layer else None
+    return _BaseForward(runner, targets, base_prob, layer, channel)
+
+
+def _result(
+    base: _BaseForward,
+    maps: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
+    ys: torch.Tensor,
+    xs: torch.Tensor,
+    window: int,
+    stride: int,
+    size: tuple[int, int],
+) -> Occlusion:
+    """The Occlusion of the (N, P) maps, reshaped to (N, Py, Px) on the CPU, with sensitivity."""
+    shape = (len(maps[0]), len(ys), len(xs))
     prob, argmax, activation = (None if m is None else m.view(shape).cpu() for m in maps)
-    drop = base_prob.cpu()[:, None, None] - prob
+    drop = base.base_prob.cpu()[:, None, None] - prob
     return Occlusion(
         prob=prob,
         argmax=argmax,
-        target=targets.cpu(),
-        base_prob=base_prob.cpu(),
-        sensitivity=coverage_average(drop, stride, window, tuple(images.shape[-2:])),
+        target=base.targets.cpu(),
+        base_prob=base.base_prob.cpu(),
+        sensitivity=coverage_average(drop, stride, window, size),
         ys=ys,
         xs=xs,
         window=window,
         activation=activation,
-        channel=None if channel is None else channel.cpu(),
-        layer=layer,
+        channel=None if base.channel is None else base.channel.cpu(),
+        layer=base.layer,
     )
 
 
 def _occluded_maps(
-    runner: nn.Module,
+    base: _BaseForward,
     images: torch.Tensor,
-    targets: torch.Tensor,
-    channel: torch.Tensor | None,
-    layer: str | None,
     grid: tuple[torch.Tensor, torch.Tensor],
     window: int,
     fill: float,
@@ -213,6 +249,7 @@ def _occluded_maps(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(N, P) target probabilities, most probable classes and (optionally) activation sums over
     the P occluder positions, each occluded image forwarded once, `per_forward` at a time."""
+    runner, targets, layer, channel = base.runner, base.targets, base.layer, base.channel
     grid_y, grid_x = grid
     positions = len(grid_y)
     prob = torch.empty(len(images), positions, device=images.device)
@@ -298,27 +335,6 @@ def _agree(expected: torch.Tensor | None, got: torch.Tensor | None, tolerance: f
     if expected is None or got is None:
         return expected is None and got is None
     return outputs_agree(expected, got, tolerance)
-
-
-def _in_bfloat16(runner: nn.Module, model: nn.Module) -> nn.Module:
-    """`runner` with its weights in bfloat16, cast once (under inference mode autocast would cast
-    them again at every forward). Never the user's model: a copy of it is made with its tensors
-    cast on the way, so no float32 copy is held at the same time."""
-    if runner is not model:
-        return runner.to(torch.bfloat16)  # already a private copy (batch norm folded)
-    cast: dict[int, torch.Tensor] = {
-        id(param): nn.Parameter(param.detach().to(torch.bfloat16), requires_grad=False)
-        for param in model.parameters()
-        if param.is_floating_point()
-    }
-    cast.update(
-        {
-            id(buffer): buffer.to(torch.bfloat16)
-            for buffer in model.buffers()
-            if buffer.is_floating_point()
-        }
-    )
-    return copy.deepcopy(model, memo=cast)
 
 
 def _spatial_sums(output: torch.Tensor) -> torch.Tensor:

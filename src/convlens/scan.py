@@ -8,117 +8,37 @@ output); each image appears at most once per channel; ties go to the lower datas
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from convlens._errors import ConvlensError
-from convlens.analysis.filters import conv_layers, rectified_output
+from convlens._io import read_checkpoint, read_checkpoint_meta, remove_checkpoint, write_checkpoint
+from convlens.attribution import deconvnet
 from convlens.data import BatchStream
+from convlens.data.select import take
 from convlens.hooks import capture, model_device, preserved_state, resolve_layer
-from convlens.models.loading import safetensors_metadata
-from convlens.report import write_checkpoint
+from convlens.models.layers import ReceptiveField, default_layers
+from convlens.targets import Unit
+from convlens.topk import ScanResult, TopK, merge_topk
 
-_NO_INDEX = torch.iinfo(torch.int64).max  # an empty slot: loses every tie
-
-
-@dataclass(frozen=True)
-class TopK:
-    """The k strongest images of each channel of one layer: `values (C, k)` descending,
-    `indices (C, k)` dataset indices (-1 where the dataset had fewer than k images),
-    `positions (C, k, 2)` (y, x) of the max in the layer's map."""
-
-    values: torch.Tensor
-    indices: torch.Tensor
-    positions: torch.Tensor
-
-
-@dataclass
-class ScanResult:
-    """`result[layer]` is that layer's TopK; `meta` says what was scanned."""
-
-    layers: dict[str, TopK]
-    meta: dict = field(default_factory=dict)
-
-    def __getitem__(self, layer: str) -> TopK:
-        if layer not in self.layers:
-            raise ConvlensError(
-                f"layer {layer!r} was not scanned; scanned: {', '.join(self.layers)}"
-            )
-        return self.layers[layer]
-
-    def save(self, path: str | Path) -> Path:
-        """Tensors as safetensors at `path`, metadata as JSON beside it (`.json`), atomically."""
-        path = Path(path)
-        tensors = {
-            f"{layer}/{name}": getattr(top, name).contiguous()
-            for layer, top in self.layers.items()
-            for name in ("values", "indices", "positions")
-        }
-        write_checkpoint(path, tensors, self.meta)
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> ScanResult:
-        """Read a result written by `save`."""
-        path = Path(path)
-        if not path.exists():
-            raise ConvlensError(f"no scan result at {path}")
-        tensors = load_file(str(path))
-        meta = json.loads(path.with_suffix(".json").read_text())
-        layers = {
-            layer: TopK(
-                tensors[f"{layer}/values"],
-                tensors[f"{layer}/indices"],
-                tensors[f"{layer}/positions"],
-            )
-            for layer in meta["layers"]
-        }
-        return cls(layers, meta)
-
-
-def default_layers(model: nn.Module) -> list[str]:
-    """The rectified output of every conv layer (the conv itself where no ReLU module follows)."""
-    return [rectified_output(model, conv) for conv in conv_layers(model)]
-
-
-def merge_topk(a: TopK, b: TopK, k: int) -> TopK:
-    """The top k of two candidate sets per channel, by value descending then index ascending.
-
-    Example:
-        >>> merged = merge_topk(running, batch_candidates, 9)  # doctest: +SKIP
-    """
-    values = torch.cat([a.values, b.values], dim=1)
-    indices = torch.cat([a.indices, b.indices], dim=1)
-    positions = torch.cat([a.positions, b.positions], dim=1)
-    by_index = indices.argsort(dim=1, stable=True)
-    values, indices = values.gather(1, by_index), indices.gather(1, by_index)
-    positions = positions.gather(1, by_index.unsqueeze(-1).expand(-1, -1, 2))
-    order = values.argsort(dim=1, descending=True, stable=True)[:, :k]
-    return TopK(
-        values.gather(1, order),
-        indices.gather(1, order),
-        positions.gather(1, order.unsqueeze(-1).expand(-1, -1, 2)),
-    )
-
-
-def _empty(channels: int, k: int, device: torch.device) -> TopK:
-    return TopK(
-        torch.full((channels, k), float("-inf"), device=device),
-        torch.full((channels, k), _NO_INDEX, dtype=torch.long, device=device),
-        torch.full((channels, k, 2), -1, dtype=torch.long, device=device),
-    )
+__all__ = [
+    "ScanResult",
+    "TopExamples",
+    "TopK",
+    "batch_candidates",
+    "channel_maxima",
+    "fingerprint",
+    "scan",
+    "top_examples",
+]
 
 
 def channel_maxima(activation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,15 +78,6 @@ def batch_candidates(
     )
 
 
-def split_layers(stacked: TopK, layers: Sequence[str], widths: Sequence[int]) -> dict[str, TopK]:
-    """Per-layer views of a state whose channels stack `layers` of `widths` channels."""
-    parts = [
-        torch.split(getattr(stacked, name), list(widths))
-        for name in ("values", "indices", "positions")
-    ]
-    return {layer: TopK(*pieces) for layer, *pieces in zip(layers, *parts)}
-
-
 def fingerprint(model: nn.Module) -> str:
     """A short hash of the model's parameters and buffers, so a changed model is detected:
     names, shapes, each tensor's sum and norm, and up to 4096 of its values (hashing every byte of
@@ -180,17 +91,6 @@ def fingerprint(model: nn.Module) -> str:
         digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}{summary}".encode())
         digest.update(sample.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
-
-
-def _finish(layers: dict[str, TopK]) -> dict[str, TopK]:
-    return {
-        layer: TopK(
-            top.values.cpu(),
-            torch.where(top.indices == _NO_INDEX, -1, top.indices).cpu(),
-            top.positions.cpu(),
-        )
-        for layer, top in layers.items()
-    }
 
 
 def scan(
@@ -232,55 +132,121 @@ def scan(
     layers = list(layers) if layers else default_layers(model)
     for layer in layers:
         resolve_layer(model, layer)
-    device = model_device(model)
-    rank, world = shard
-    total = len(data.dataset) if isinstance(data, DataLoader) else len(data)
-    indices = None if world == 1 else range(rank, total, world)
-    stream = BatchStream(data, batch_size, indices=indices)
-    meta = {
-        "layers": layers,
-        "k": k,
-        "dataset_size": total,
-        "batch_size": batch_size,
-        "shard": [rank, world],
-        "model_fingerprint": fingerprint(model),
-        **(description or {}),
-    }
-    running, widths, done = (
-        _resume(Path(checkpoint), meta, device) if checkpoint else (None, None, 0)
-    )
-    started = time.perf_counter()
+    stream, meta = _plan(model, data, batch_size, shard)
+    meta = {"layers": layers, "k": k, **meta, **(description or {})}
+    state = _State.resume(checkpoint, meta, model_device(model))
     with (
         preserved_state(model),
         capture(model, layers, stop=True, reduce=channel_maxima) as acts,
         torch.inference_mode(),
     ):
-        bar = tqdm(stream, desc="scan", unit="batch", disable=not progress, initial=done)
-        for number, batch in enumerate(_skip(stream, done), start=done + 1):
-            images = batch.images.to(device)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            acts.forward(images)
-            maxima = [acts[layer] for layer in layers]
-            widths = widths or [layer_values.shape[1] for layer_values, _ in maxima]
-            candidates = batch_candidates(maxima, batch.indices)
-            if running is None:
-                running = _empty(sum(widths), k, candidates.values.device)
-            running = merge_topk(running, candidates, k)
+        bar = tqdm(stream, desc="scan", unit="batch", disable=not progress, initial=state.done)
+        for batch in _skip(stream, state.done):
+            memory_format = torch.channels_last if channels_last else torch.contiguous_format
+            acts.forward(batch.images.to(state.device, memory_format=memory_format))
+            state.add([acts[layer] for layer in layers], batch.indices, k)
             bar.update(1)
-            bar.set_postfix(
-                images_per_s=f"{number * batch_size / max(time.perf_counter() - started, 1e-9):.0f}",
-                refresh=False,
-            )
-            if checkpoint and number % checkpoint_every == 0:
-                _save_state(Path(checkpoint), meta, split_layers(running, layers, widths), number)
+            bar.set_postfix(images_per_s=f"{state.rate(batch_size):.0f}", refresh=False)
+            if checkpoint and state.done % checkpoint_every == 0:
+                state.save(checkpoint, meta)
         bar.close()
-    if checkpoint and Path(checkpoint).exists():
-        Path(checkpoint).unlink()
-        Path(checkpoint).with_suffix(".json").unlink(missing_ok=True)
-    meta["skipped"] = stream.skipped
-    found = split_layers(running, layers, widths) if running is not None else {}
-    return ScanResult(_finish(found), meta)
+    if checkpoint:
+        remove_checkpoint(checkpoint)
+    return ScanResult(state.layers(layers), {**meta, "skipped": stream.skipped})
+
+
+def _plan(
+    model: nn.Module, data: Dataset | DataLoader, batch_size: int, shard: tuple[int, int]
+) -> tuple[BatchStream, dict]:
+    """The batches of this shard, and the metadata a resumed scan must match."""
+    rank, world = shard
+    total = len(data.dataset) if isinstance(data, DataLoader) else len(data)
+    indices = None if world == 1 else range(rank, total, world)
+    meta = {
+        "dataset_size": total,
+        "batch_size": batch_size,
+        "shard": [rank, world],
+        "model_fingerprint": fingerprint(model),
+    }
+    return BatchStream(data, batch_size, indices=indices), meta
+
+
+@dataclass(frozen=True)
+class TopExamples:
+    """What Fig. 2 shows of one channel: its top images (k, C, H, W), the deconvnet projection
+    of each recorded activation alone (k, C, H, W) and each activation's receptive-field box
+    (top, left, bottom, right) in the image."""
+
+    images: torch.Tensor
+    projections: torch.Tensor
+    boxes: list[tuple[int, int, int, int]]
+
+
+def top_examples(
+    model: nn.Module, data: Dataset, top: TopK, layer: str, channel: int, field: ReceptiveField
+) -> TopExamples:
+    """The top images of one channel of a scanned layer and their projections (one batch);
+    `field` is the layer's receptive field (`receptive_field`)."""
+    keep = top.indices[channel] >= 0
+    positions = [(int(y), int(x)) for y, x in top.positions[channel][keep].tolist()]
+    images, _ = take(data, top.indices[channel][keep].tolist())
+    units = [Unit(layer, channel, y, x) for y, x in positions]
+    boxes = [field.box(y, x) for y, x in positions]
+    return TopExamples(images, deconvnet(model, images, units), boxes)
+
+
+class _State:
+    """The running top-k of a scan: every layer's channels stacked, the layers' widths, the
+    number of batches done."""
+
+    def __init__(self, device: torch.device, running: TopK | None = None, widths=None, done=0):
+        self.device, self.running, self.widths, self.done = device, running, widths, done
+        self.started, self.resumed_at = time.perf_counter(), done
+
+    def add(self, maxima: list[tuple[torch.Tensor, torch.Tensor]], indices: torch.Tensor, k: int):
+        """Merge one batch's candidates, from the `channel_maxima` of each layer."""
+        candidates = batch_candidates(maxima, indices)
+        self.widths = self.widths or [layer_values.shape[1] for layer_values, _ in maxima]
+        if self.running is None:
+            self.running = TopK.empty(candidates.values.shape[0], k, candidates.values.device)
+        self.running = merge_topk(self.running, candidates, k)
+        self.done += 1
+
+    def rate(self, batch_size: int) -> float:
+        """Images per second since this process started."""
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        return (self.done - self.resumed_at) * batch_size / elapsed
+
+    def layers(self, names: Sequence[str]) -> dict[str, TopK]:
+        """The finished result per layer (empty when no batch was read)."""
+        if self.running is None:
+            return {}
+        return {name: top.finished() for name, top in zip(names, self.running.split(self.widths))}
+
+    def save(self, path: str | Path, meta: dict) -> None:
+        """Write the state atomically, with the metadata that a resume must match."""
+        tensors = {}
+        for name, top in zip(meta["layers"], self.running.split(self.widths)):
+            tensors |= top.to_tensors(name)
+        write_checkpoint(path, tensors, {**meta, "batches_done": self.done})
+
+    @classmethod
+    def resume(cls, path: str | Path | None, meta: dict, device: torch.device) -> _State:
+        """The state saved at `path` (a fresh one when there is none); a state of a different
+        model, dataset, layer list or k is refused."""
+        if path is None or not Path(path).exists():
+            return cls(device)
+        saved = read_checkpoint_meta(path)
+        changed = [key for key in meta if saved.get(key) != meta[key]]
+        if changed:
+            raise ConvlensError(
+                f"{path} holds a scan of a different {', '.join(changed)}; it is not mixed in. "
+                "Delete it to start afresh, or scan into another folder"
+            )
+        tensors, saved = read_checkpoint(path)
+        tops = [TopK.from_tensors(tensors, layer).running() for layer in meta["layers"]]
+        stacked = TopK(*(tensor.to(device) for tensor in vars(TopK.stack(tops)).values()))
+        return cls(device, stacked, [top.values.shape[0] for top in tops], saved["batches_done"])
 
 
 def _skip(stream: BatchStream, done: int):
@@ -298,85 +264,3 @@ def _skip(stream: BatchStream, done: int):
     rest = BatchStream(stream.data, stream.batch_size, indices=order[done * stream.batch_size :])
     yield from rest
     stream.skipped.extend(rest.skipped)
-
-
-def _save_state(path: Path, meta: dict, running: dict[str, TopK], batches: int) -> None:
-    tensors = {
-        f"{layer}/{name}": getattr(top, name).cpu().contiguous()
-        for layer, top in running.items()
-        for name in ("values", "indices", "positions")
-    }
-    write_checkpoint(path, tensors, {**meta, "batches_done": batches})
-
-
-def _resume(
-    path: Path, meta: dict, device: torch.device
-) -> tuple[TopK | None, list[int] | None, int]:
-    """The saved state with every layer's channels stacked, the layers' widths and the number of
-    batches done; (None, None, 0) when there is no checkpoint."""
-    if not path.exists():
-        return None, None, 0
-    saved = safetensors_metadata(path)
-    batches = saved.pop("batches_done")
-    changed = [key for key in meta if saved.get(key) != meta[key]]
-    if changed:
-        raise ConvlensError(
-            f"{path} holds a scan of a different {', '.join(changed)}; it is not mixed in. "
-            "Delete it to start afresh, or scan into another folder"
-        )
-    tensors = load_file(str(path))
-    stacked = TopK(
-        *(
-            torch.cat([tensors[f"{layer}/{name}"] for layer in meta["layers"]]).to(device)
-            for name in ("values", "indices", "positions")
-        )
-    )
-    widths = [tensors[f"{layer}/values"].shape[0] for layer in meta["layers"]]
-    return stacked, widths, batches
-
-
-def gather_shards(result: ScanResult, k: int) -> ScanResult:
-    """Merge every rank's result exactly (torch.distributed all-gather); every rank gets the whole."""
-    import torch.distributed as dist
-
-    world = dist.get_world_size()
-    merged = {}
-    for layer, top in result.layers.items():
-        parts = []
-        for name in ("values", "indices", "positions"):
-            local = getattr(top, name).contiguous()
-            gathered = [torch.empty_like(local) for _ in range(world)]
-            dist.all_gather(gathered, local)
-            parts.append(gathered)
-        pieces = [TopK(v, torch.where(i < 0, _NO_INDEX, i), p) for v, i, p in zip(*parts)]
-        combined = pieces[0]
-        for piece in pieces[1:]:
-            combined = merge_topk(combined, piece, k)
-        merged[layer] = TopK(
-            combined.values,
-            torch.where(combined.indices == _NO_INDEX, -1, combined.indices),
-            combined.positions,
-        )
-    meta = {**result.meta, "shard": [0, 1], "world_size": world}
-    return ScanResult(merged, meta)
-
-
-@contextmanager
-def sharded() -> Iterator[tuple[int, int]]:
-    """(rank, world) from torchrun's environment; (0, 1) for a single process. With more than
-    one, torch.distributed is initialised for the block (gloo on CPU, nccl on GPUs) and torn down
-    after it, so no process exits with its communication threads still running."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        yield 0, 1
-        return
-    import torch.distributed as dist
-
-    owned = not dist.is_initialized()
-    if owned:
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    try:
-        yield dist.get_rank(), dist.get_world_size()
-    finally:
-        if owned:
-            dist.destroy_process_group()

@@ -5,24 +5,25 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
-from convlens._errors import ConvlensError
-from convlens._paths import cache_dir
+from convlens._errors import ConvlensError, unknown_name_error
+from convlens._io import read_checkpoint, remove_checkpoint, write_checkpoint
+from convlens._paths import default_model_dir
 from convlens.analysis.evaluate import accuracy
 from convlens.data.fashion_mnist import FashionMNIST
-from convlens.models.loading import safetensors_metadata
-from convlens.models.zoo import BUILTIN_MODELS
-from convlens.report import write_checkpoint
+from convlens.models import loading
+from convlens.models.loading import LoadedModel
+from convlens.models.zoo import BUILTIN_MODELS, BuiltinModel
 
 DEFAULT_CHECKPOINT_EPOCHS = (1, 2, 5, 10, 20, 30, 40, 64)
 
@@ -51,11 +52,6 @@ class TrainResult:
     accuracy: list[float] = field(default_factory=list)
     seconds: float = 0.0
     checkpoints: list[Path] = field(default_factory=list)
-
-
-def default_model_dir(name: str = "zfnet-fashion") -> Path:
-    """Where the trained built-in model `name` and its epoch checkpoints live in the user cache."""
-    return cache_dir() / "models" / name
 
 
 @torch.no_grad()
@@ -98,55 +94,98 @@ def train(
         >>> result = train(TrainConfig(epochs=1, train_subset=2000), "runs/quick")  # doctest: +SKIP
     """
     if config.model not in BUILTIN_MODELS:
-        raise ConvlensError(
-            f"unknown built-in model {config.model!r}; known: {', '.join(BUILTIN_MODELS)}"
-        )
+        raise unknown_name_error("built-in model", config.model, BUILTIN_MODELS)
     spec = BUILTIN_MODELS[config.model]
     out = Path(out_dir) if out_dir is not None else default_model_dir(config.model)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     model = spec.build()
-    train_set, test_set = FashionMNIST("train"), FashionMNIST("test")
-    x_train, y_train = _normalised(train_set, spec.mean, spec.std), train_set.labels
-    if config.train_subset:
-        x_train, y_train = x_train[: config.train_subset], y_train[: config.train_subset]
-    x_test, y_test = _normalised(test_set, spec.mean, spec.std), test_set.labels
+    train_set, test_set = _tensors(config, spec)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
     result = TrainResult(model)
     start_epoch = _resume(out, config, model, optimizer, result)
-    steps = -(-len(x_train) // config.batch_size)
     started = time.perf_counter() - result.seconds
     for epoch in range(start_epoch, config.epochs):
-        torch.manual_seed(config.seed * 1000 + epoch)  # dropout and order depend only on the epoch
-        order = torch.randperm(len(x_train))
-        model.train()
-        bar = tqdm(
-            range(steps),
-            desc=f"epoch {epoch + 1}/{config.epochs}",
-            disable=not progress,
-            leave=False,
-        )
-        for step in bar:
-            batch = order[step * config.batch_size : (step + 1) * config.batch_size]
-            for group in optimizer.param_groups:
-                group["lr"] = _lr_at(config, epoch, step, steps)
-            loss = F.cross_entropy(model(x_train[batch]), y_train[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if config.clip_radius is not None:
-                clip_feature_scale(model, config.clip_radius)
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-        result.accuracy.append(accuracy(model, TensorDataset(x_test, y_test)))
+        _train_epoch(model, optimizer, config, train_set, epoch, progress)
+        result.accuracy.append(accuracy(model, test_set))
         result.seconds = time.perf_counter() - started
         _save_epoch(out, config, model, optimizer, result, epoch + 1)
         if on_epoch is not None:
             on_epoch(epoch + 1, result.accuracy[-1])
     model.eval()
     return result
+
+
+def _tensors(config: TrainConfig, spec: BuiltinModel) -> tuple[TensorDataset, TensorDataset]:
+    """The normalised training images (the first `train_subset`) and test images, as tensors."""
+    train_set, test_set = FashionMNIST("train"), FashionMNIST("test")
+    x_train, y_train = _normalised(train_set, spec.mean, spec.std), train_set.labels
+    if config.train_subset:
+        x_train, y_train = x_train[: config.train_subset], y_train[: config.train_subset]
+    test = TensorDataset(_normalised(test_set, spec.mean, spec.std), test_set.labels)
+    return TensorDataset(x_train, y_train), test
+
+
+def _train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    train_set: TensorDataset,
+    epoch: int,
+    progress: bool,
+) -> None:
+    """One epoch of SGD with the cosine schedule and feature scale clipping after every step."""
+    x_train, y_train = train_set.tensors
+    steps = -(-len(x_train) // config.batch_size)
+    torch.manual_seed(config.seed * 1000 + epoch)  # dropout and order depend only on the epoch
+    order = torch.randperm(len(x_train))
+    model.train()
+    bar = tqdm(
+        range(steps), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False
+    )
+    for step in bar:
+        batch = order[step * config.batch_size : (step + 1) * config.batch_size]
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(config, epoch, step, steps)
+        loss = F.cross_entropy(model(x_train[batch]), y_train[batch])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if config.clip_radius is not None:
+            clip_feature_scale(model, config.clip_radius)
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+
+
+def ensure_trained(name: str = "zfnet-fashion") -> Path:
+    """The trained built-in model `name` in the user cache, trained there first (once, a few
+    minutes, with a warning) when it is missing. Returns its `final.safetensors`."""
+    path = default_model_dir(name) / "final.safetensors"
+    if not path.exists():
+        warnings.warn(
+            f"no trained {name} in {path.parent}; training it now (once, a few minutes)",
+            stacklevel=3,
+        )
+        train(TrainConfig(model=name), path.parent)
+    return path
+
+
+def load_model(
+    spec: str | Path, weights: str | Path | None = None, *, trust_pickle: bool = False
+) -> LoadedModel:
+    """`convlens.models.loading.load_model`, but a built-in model without weights is trained
+    once first when the user cache has none (`ensure_trained`). This is `cl.load_model`.
+
+    Example:
+        >>> loaded = load_model("zfnet-fashion")  # doctest: +SKIP
+        >>> loaded.classes[9]
+        'Ankle boot'
+    """
+    if weights is None and str(spec) in BUILTIN_MODELS:
+        ensure_trained(str(spec))
+    return loading.load_model(spec, weights, trust_pickle=trust_pickle)
 
 
 def _metadata(config: TrainConfig, result: TrainResult, epoch: int) -> dict:
@@ -177,21 +216,19 @@ def _save_epoch(out: Path, config, model, optimizer, result: TrainResult, epoch:
     }
     write_checkpoint(out / "resume.safetensors", {**weights, **momentum}, meta)
     if epoch == config.epochs:
-        (out / "resume.safetensors").unlink()
-        (out / "resume.json").unlink()
+        remove_checkpoint(out / "resume.safetensors")
 
 
 def _resume(out: Path, config: TrainConfig, model, optimizer, result: TrainResult) -> int:
     state_path = out / "resume.safetensors"
     if not state_path.exists():
         return 0
-    meta = safetensors_metadata(state_path)
+    tensors, meta = read_checkpoint(state_path)
     saved = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()}
     if saved != asdict(config):
         raise ConvlensError(
             f"{out} holds an unfinished run with other settings; remove {state_path} to start afresh"
         )
-    tensors = load_file(str(state_path))
     model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("momentum.")})
     for i, param in enumerate(model.parameters()):
         if f"momentum.{i}" in tensors:

@@ -7,10 +7,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from torch import nn
 from torch.utils.data import Dataset
 
+from convlens._errors import ConvlensError
+from convlens.analysis.filters import layer_maps
+from convlens.attribution import deconvnet
+from convlens.data.select import item
 from convlens.models.loading import LoadedModel, load_model
 from convlens.scan import ScanResult, scan
+from convlens.targets import Unit
 
 
 @dataclass(frozen=True)
@@ -59,20 +66,45 @@ def evolution(
         >>> evo = evolution(sorted(folder.glob("epoch-*.safetensors")), test_set, ["features.13"])  # doctest: +SKIP
         >>> evo.strongest("features.13", 3)  # (value, image, position) at each epoch
     """
-    results = []
-    for checkpoint in checkpoints:
-        loaded = load_model(spec, str(checkpoint))
-        results.append(
-            scan(loaded.model, data, layers, k=1, batch_size=batch_size, progress=progress)
-        )
-    widths = {layer: results[0][layer].values.shape[0] for layer in layers}
+    first = load_model(spec, str(checkpoints[0])).model
+    widths = {
+        layer: len(maps) for layer, maps in layer_maps(first, item(data, 0)[0], layers).items()
+    }
     chosen = {
         layer: list(channels) if channels is not None else list(range(min(8, widths[layer])))
         for layer in layers
     }
+    for layer, shown in chosen.items():
+        if shown and max(shown) >= widths[layer]:
+            raise ConvlensError(
+                f"channel {max(shown)} is out of range: layer {layer!r} has {widths[layer]} channels"
+            )
+    results = [
+        scan(
+            load_model(spec, str(c)).model,
+            data,
+            layers,
+            k=1,
+            batch_size=batch_size,
+            progress=progress,
+        )
+        for c in checkpoints
+    ]
     return Evolution([str(c) for c in checkpoints], results, chosen)
 
 
 def loaded_checkpoints(evo: Evolution, spec: str) -> list[LoadedModel]:
     """The models of an evolution's checkpoints, for rendering projections."""
     return [load_model(spec, checkpoint) for checkpoint in evo.checkpoints]
+
+
+def evolution_projections(
+    evo: Evolution, models: Sequence[nn.Module], data: Dataset, layer: str, channel: int
+) -> list[tuple[torch.Tensor, tuple[int, int]]]:
+    """Per checkpoint, the deconvnet projection (C, H, W) of the channel's strongest activation
+    on its image, and that activation's (y, x) in the layer's map."""
+    projections = []
+    for model, (_, index, (y, x)) in zip(models, evo.strongest(layer, channel)):
+        image = item(data, index)[0]
+        projections.append((deconvnet(model, image[None], Unit(layer, channel, y, x))[0], (y, x)))
+    return projections

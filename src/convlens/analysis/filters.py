@@ -13,25 +13,7 @@ from tqdm.auto import tqdm
 from convlens._errors import ConvlensError
 from convlens.data import BatchStream
 from convlens.hooks import capture, model_device, preserved_state, resolve_layer
-
-
-def conv_layers(model: nn.Module) -> list[str]:
-    """Names of the model's `nn.Conv2d` modules, in definition order."""
-    return [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
-
-
-def rectified_output(model: nn.Module, conv: str) -> str:
-    """The ReLU right after conv layer `conv` in its Sequential, else `conv` itself.
-
-    Scans and dead-unit counts look at the rectified map, as Zeiler & Fergus do.
-    """
-    parent_name, _, index = conv.rpartition(".")
-    parent = resolve_layer(model, parent_name) if parent_name else model
-    if isinstance(parent, nn.Sequential) and index.isdigit() and int(index) + 1 < len(parent):
-        following = parent[int(index) + 1]
-        if isinstance(following, nn.ReLU):
-            return f"{parent_name}.{int(index) + 1}" if parent_name else str(int(index) + 1)
-    return conv
+from convlens.models.layers import conv_layers
 
 
 def conv_weight(model: nn.Module, layer: str) -> torch.Tensor:
@@ -57,11 +39,24 @@ def feature_maps(model: nn.Module, image: torch.Tensor, layer: str) -> torch.Ten
         >>> feature_maps(net, torch.randn(1, 8, 8), "1").shape
         torch.Size([4, 6, 6])
     """
+    return layer_maps(model, image, [layer])[layer]
+
+
+def layer_maps(
+    model: nn.Module, image: torch.Tensor, layers: Sequence[str]
+) -> dict[str, torch.Tensor]:
+    """The outputs (C, h, w) of several layers for one preprocessed image, from one forward.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU())
+        >>> layer_maps(net, torch.randn(1, 8, 8), ["0", "1"])["1"].shape
+        torch.Size([4, 6, 6])
+    """
     if image.dim() != 3:
         raise ValueError(f"expected one image (C, H, W), got shape {tuple(image.shape)}")
-    with preserved_state(model), capture(model, [layer]) as captured, torch.no_grad():
+    with preserved_state(model), capture(model, layers) as captured, torch.no_grad():
         model(image.unsqueeze(0).to(model_device(model)))
-    return captured[layer][0]
+    return {layer: captured[layer][0] for layer in layers}
 
 
 @dataclass(frozen=True)
@@ -129,3 +124,29 @@ def largest_share(rms: torch.Tensor) -> float:
     """The largest filter's share of the summed filter RMS: near 1/O when filters are alike,
     near 1 when "one feature dominates" (Zeiler & Fergus Fig. 6)."""
     return float(rms.max() / rms.sum().clamp_min(1e-12))
+
+
+@dataclass(frozen=True)
+class FirstLayer:
+    """Zeiler & Fergus Fig. 6 for one model: its first conv layer's filters (O, I, k, k), each
+    filter's RMS, the largest filter's share of their sum, and which filters are dead on data."""
+
+    layer: str
+    weight: torch.Tensor
+    rms: torch.Tensor
+    largest_share: float
+    dead: DeadUnits
+
+
+def first_layer(
+    model: nn.Module, data: Dataset | DataLoader, *, progress: bool = False
+) -> FirstLayer:
+    """The first conv layer's filters, their RMS, the largest one's share and its dead filters
+    (map zero on more than 99 % of `data`)."""
+    layers = conv_layers(model)
+    if not layers:
+        raise ConvlensError("the model has no Conv2d layer")
+    weight = conv_weight(model, layers[0])
+    rms = filter_rms(weight)
+    dead = dead_units(model, data, [layers[0]], progress=progress)[layers[0]]
+    return FirstLayer(layers[0], weight, rms, largest_share(rms), dead)

@@ -101,3 +101,24 @@ def _fold_pair(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     bias = conv.bias if conv.bias is not None else torch.zeros_like(shift)
     conv.weight = nn.Parameter(conv.weight * scale.view(-1, 1, 1, 1), requires_grad=False)
     conv.bias = nn.Parameter(bias * scale + shift, requires_grad=False)
+
+
+def bfloat16_copy(runner: nn.Module, model: nn.Module) -> nn.Module:
+    """`runner` with its weights in bfloat16, cast once (under inference mode autocast would cast
+    them again at every forward). Never the user's model: a copy of it is made with its tensors
+    cast on the way, so no float32 copy is held at the same time."""
+    if runner is not model:
+        return runner.to(torch.bfloat16)  # already a private copy (batch norm folded)
+    cast: dict[int, torch.Tensor] = {
+        id(param): nn.Parameter(param.detach().to(torch.bfloat16), requires_grad=False)
+        for param in model.parameters()
+        if param.is_floating_point()
+    }
+    cast.update(
+        {
+            id(buffer): buffer.to(torch.bfloat16)
+            for buffer in model.buffers()
+            if buffer.is_floating_point()
+        }
+    )
+    return copy.deepcopy(model, memo=cast)

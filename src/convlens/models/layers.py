@@ -310,4 +310,38 @@ def spatial_size(info: LayerInfo) -> Pair | None:
     return info.output_shape[1], info.output_shape[2]
 
 
-__all__ = ["LayerInfo", "ReceptiveField", "receptive_field", "spatial_size", "trace_layers"]
+def conv_layers(model: nn.Module) -> list[str]:
+    """Names of the model's `nn.Conv2d` modules, in definition order."""
+    return [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
+
+
+def rectified_output(model: nn.Module, conv: str) -> str:
+    """The ReLU right after conv layer `conv` in its Sequential, else `conv` itself.
+
+    Scans and dead-unit counts look at the rectified map, as Zeiler & Fergus do.
+    """
+    parent_name, _, index = conv.rpartition(".")
+    parent = resolve_layer(model, parent_name) if parent_name else model
+    if isinstance(parent, nn.Sequential) and index.isdigit() and int(index) + 1 < len(parent):
+        following = parent[int(index) + 1]
+        if isinstance(following, nn.ReLU):
+            return f"{parent_name}.{int(index) + 1}" if parent_name else str(int(index) + 1)
+    return conv
+
+
+def default_layers(model: nn.Module) -> list[str]:
+    """The layers shown by default (feature maps, scans, dead units, the atlas): the rectified
+    output of every conv layer (the conv itself where no ReLU module follows)."""
+    return [rectified_output(model, conv) for conv in conv_layers(model)]
+
+
+__all__ = [
+    "LayerInfo",
+    "ReceptiveField",
+    "conv_layers",
+    "default_layers",
+    "receptive_field",
+    "rectified_output",
+    "spatial_size",
+    "trace_layers",
+]

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import pickle
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open
 from torch import nn
 
 from convlens._errors import ConvlensError, unknown_name_error
+from convlens._io import read_checkpoint, read_checkpoint_meta
+from convlens._paths import default_model_dir
 from convlens.models.preprocess import Preprocess
 from convlens.models.zoo import BUILTIN_MODELS
 
@@ -57,7 +55,8 @@ def load_model(
             (`.safetensors` written by convlens, or a pickled module with `trust_pickle`).
         weights: a weights file (state dict as `.safetensors` or `.pt`), or `DEFAULT` for
             torchvision's own pretrained weights (downloaded by torchvision). For a built-in
-            name, None means the trained default in the user cache, trained on first use.
+            name, None means the trained default in the user cache (`cl.load_model`, from
+            `convlens.training`, trains it once when it is missing; this one refuses).
         trust_pickle: allow unpickling a full module. Unpickling runs arbitrary code; pass it
             only for files you trust.
     """
@@ -77,21 +76,15 @@ def load_model(
 
 
 def _builtin(name: str, weights: str | Path | None) -> LoadedModel:
-    from convlens.training import default_model_dir, train
-
     entry = BUILTIN_MODELS[name]
     model = entry.build()
     if weights is None:
-        path = default_model_dir(name) / "final.safetensors"
-        if not path.exists():
-            warnings.warn(
-                f"no trained {name} in {path.parent}; training it now (once, a few minutes)",
-                stacklevel=3,
+        weights = default_model_dir(name) / "final.safetensors"
+        if not weights.exists():
+            raise ConvlensError(
+                f"no trained {name} in {weights.parent}; train it with `convlens train --model "
+                f"{name}` (cl.load_model trains it once when missing), or pass a weights file"
             )
-            from convlens.training import TrainConfig
-
-            train(TrainConfig(model=name), path.parent)
-        weights = path
     load_weights(model, weights)
     transform = Preprocess(entry.input_size[0], entry.input_size[1:], entry.mean, entry.std)
     return LoadedModel(model, transform, entry.classes, entry.input_size, name, str(weights))
@@ -128,7 +121,7 @@ def _torchvision(name: str, weights: str | Path | None) -> LoadedModel:
 
 def _checkpoint(path: Path, trust_pickle: bool) -> LoadedModel:
     if path.suffix == ".safetensors":
-        meta = safetensors_metadata(path)
+        meta = read_checkpoint_meta(path)
         name = meta.get("config", {}).get("model")
         if name in BUILTIN_MODELS:
             return _builtin(name, path)
@@ -172,16 +165,6 @@ def _str(value: object) -> str | None:
     return None if value is None else str(value)
 
 
-def safetensors_metadata(path: Path) -> dict:
-    """The convlens metadata stored in a safetensors file (empty dict if none)."""
-    try:
-        with safe_open(str(path), framework="pt") as file:
-            raw = (file.metadata() or {}).get("convlens")
-    except (SafetensorError, OSError) as error:
-        raise ConvlensError(f"cannot read {path} as safetensors: {error}") from None
-    return json.loads(raw) if raw else {}
-
-
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors from a `.safetensors` file or a `.pt` state dict, never unpickling code.
 
@@ -192,10 +175,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ConvlensError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError) as error:
-            raise ConvlensError(f"cannot read {path} as safetensors: {error}") from None
+        return read_checkpoint(path)[0]
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:

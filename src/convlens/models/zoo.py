@@ -41,9 +41,12 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {}
 
 
 def register_model(**spec) -> Callable[[Callable[[], nn.Module]], Callable[[], nn.Module]]:
-    """Decorator adding a network builder to `BUILTIN_MODELS` under `spec["name"]`."""
+    """Decorator adding a network builder to `BUILTIN_MODELS` under `spec["name"]`; a name
+    registered twice is refused (as torchvision's `register_model` does)."""
 
     def decorate(build: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+        if spec["name"] in BUILTIN_MODELS:
+            raise ValueError(f"a built-in model called {spec['name']!r} is already registered")
         BUILTIN_MODELS[spec["name"]] = BuiltinModel(build=build, **spec)
         return build
 

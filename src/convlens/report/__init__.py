@@ -1,5 +1,15 @@
-"""Writing finished arrays to disk: PNGs, raw arrays, JSON and HTML pages. Nothing here computes."""
+"""Writing finished results to disk: PNGs, raw arrays, JSON, CSV and HTML pages (`writer`), and
+one `save_<result>` per kind of result (`results`). Nothing here runs a model."""
 
-from convlens.report.writer import write_checkpoint, write_json, write_npz, write_page, write_png
+from convlens._io import write_checkpoint, write_json
+from convlens.report.writer import write_npz, write_page, write_png, write_pngs, write_text
 
-__all__ = ["write_checkpoint", "write_json", "write_npz", "write_page", "write_png"]
+__all__ = [
+    "write_checkpoint",
+    "write_json",
+    "write_npz",
+    "write_page",
+    "write_png",
+    "write_pngs",
+    "write_text",
+]

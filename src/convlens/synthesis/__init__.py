@@ -1,7 +1,14 @@
 """Synthesis: images made by optimisation. Class models and unit maximisation (`synthesize`),
 inversion of a code (`invert`), fooling images and adversarial examples."""
 
-from convlens.synthesis.adversarial import Fooling, fgsm, fooling_image, iterative_fgsm
+from convlens.synthesis.adversarial import (
+    AdversarialAccuracy,
+    Fooling,
+    adversarial_accuracy,
+    fgsm,
+    fooling_image,
+    iterative_fgsm,
+)
 from convlens.synthesis.invert import Inversion, feature_distance, invert
 from convlens.synthesis.objectives import (
     Objective,
@@ -16,11 +23,13 @@ from convlens.synthesis.presets import PRESETS, Preset
 
 __all__ = [
     "PRESETS",
+    "AdversarialAccuracy",
     "Fooling",
     "Inversion",
     "Objective",
     "Preset",
     "Synthesis",
+    "adversarial_accuracy",
     "as_objective",
     "channel",
     "class_score",

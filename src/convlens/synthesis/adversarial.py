@@ -7,6 +7,7 @@ change in [0, 1] pixel units)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -20,12 +21,15 @@ from convlens.hooks import model_device, preserved_state
 @dataclass(frozen=True)
 class Fooling:
     """The fooling image (C, H, W) in input space, whether the model now predicts the target,
-    after how many steps, and the target's probability per step."""
+    after how many steps, the target's probability per step, and the class predicted for the
+    original image and for the final one."""
 
     image: torch.Tensor
     fooled: bool
     steps: int
     target_prob: torch.Tensor
+    original_class: int
+    final_class: int
 
 
 def fooling_image(
@@ -47,19 +51,20 @@ def fooling_image(
     device = model_device(model)
     x = image.detach().to(device).unsqueeze(0).clone()
     probs: list[float] = []
+    predicted: list[int] = []
     with preserved_state(model, training=False, frozen=True):
         for step in range(max_steps + 1):
             x.requires_grad_(True)
             logits = model(x)
             _check_class(target_class, logits)
             probs.append(float(logits.detach().softmax(dim=1)[0, target_class]))
-            if int(logits.argmax()) == target_class:
-                return Fooling(x.detach()[0], True, step, torch.tensor(probs))
-            if step == max_steps:
+            predicted.append(int(logits.argmax()))
+            if predicted[-1] == target_class or step == max_steps:
                 break
             (grad,) = torch.autograd.grad(logits[0, target_class], x)
             x = (x + lr * grad / grad.norm().clamp_min(1e-12)).detach()
-    return Fooling(x.detach()[0], False, max_steps, torch.tensor(probs))
+    fooled = predicted[-1] == target_class
+    return Fooling(x.detach()[0], fooled, step, torch.tensor(probs), predicted[0], predicted[-1])
 
 
 def fgsm(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float) -> torch.Tensor:
@@ -101,3 +106,50 @@ def _check_class(index: int, logits: torch.Tensor) -> None:
         raise ConvlensError(
             f"class {index} out of range: the model has {logits.shape[1]} outputs (0..{logits.shape[1] - 1})"
         )
+
+
+@dataclass(frozen=True)
+class AdversarialAccuracy:
+    """Top-1 accuracy on `images` labelled images: clean, and under FGSM and iterative FGSM
+    for each budget `eps` (in [0, 1] pixel units)."""
+
+    images: int
+    eps: tuple[float, ...]
+    clean: float
+    fgsm: tuple[float, ...]
+    iterative: tuple[float, ...]
+
+
+def adversarial_accuracy(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    budgets: Sequence[float],
+    pixel_scale: float = 1.0,
+) -> AdversarialAccuracy:
+    """Accuracy clean and under both attacks for each budget in [0, 1] pixel units;
+    `pixel_scale` is the largest std of the model's normalisation (budget / scale is the
+    attack's eps in input space)."""
+    labels = torch.as_tensor(labels).long()
+    if bool((labels < 0).any()):
+        raise ConvlensError("FGSM needs labelled images; this dataset has none")
+
+    def accuracy(x: torch.Tensor) -> float:
+        with preserved_state(model, training=False), torch.no_grad():
+            predicted = model(x.to(model_device(model))).argmax(dim=1).cpu()
+        return round(float((predicted == labels).float().mean()), 4)
+
+    attacks = [
+        (
+            accuracy(fgsm(model, images, labels, eps / pixel_scale)),
+            accuracy(iterative_fgsm(model, images, labels, eps / pixel_scale)),
+        )
+        for eps in budgets
+    ]
+    return AdversarialAccuracy(
+        len(images),
+        tuple(budgets),
+        accuracy(images),
+        tuple(a for a, _ in attacks),
+        tuple(b for _, b in attacks),
+    )

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from convlens._errors import ConvlensError
-from convlens.units import Unit
+from convlens.targets import Unit
 
 Evaluate = Callable[[dict[str, torch.Tensor], torch.Tensor | None], torch.Tensor]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 import torchvision.transforms.v2.functional as TF
@@ -13,7 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from convlens._errors import ConvlensError, unknown_name_error
-from convlens.hooks import capture, model_device, preserved_state
+from convlens.hooks import Captured, capture, model_device, preserved_state
 from convlens.models.loading import LoadedModel
 from convlens.models.preprocess import Preprocess
 from convlens.render import signed_stretch
@@ -127,24 +127,8 @@ def synthesize(
     """
     module, prep = resolve_model(model, preprocess)
     preset = preset_named(preset, steps=steps, **overrides)
-    objective = as_objective(objective)
-    if diversity_weight and n > 1:
-        layer = min(objective.layers) if objective.layers else _first_conv(module)
-        objective = objective + diversity_weight * diversity(layer)
-    device = model_device(module)
-    generator = torch.Generator().manual_seed(seed)
-    side = size or prep.size[0]
-    shape = (n, prep.channels, side, side)
-    pixel_scale = 255 * torch.tensor(prep.std, device=device).view(1, -1, 1, 1)
-    if preset.parameterization == "fourier":
-        image = FourierImage(shape, generator, device, prep.normalize)
-    elif preset.parameterization == "pixels":
-        image = PixelImage(shape, generator, device, preset.init_std / pixel_scale.cpu())
-    else:
-        raise ConvlensError(f"unknown parameterization {preset.parameterization!r}")
-    transform = build_transforms(preset, prep, device)
-    adam = torch.optim.Adam(image.params, lr=preset.lr) if preset.optimizer == "adam" else None
-    trace: list[torch.Tensor] = []
+    objective = _with_diversity(as_objective(objective), module, n, diversity_weight)
+    loop = _start(module, prep, preset, n, size, seed)
     with (
         preserved_state(module, training=False, frozen=True),
         capture(
@@ -153,35 +137,102 @@ def synthesize(
     ):
         try:
             for step in tqdm(range(preset.steps), desc="synthesize", disable=not progress):
-                current = image()
-                logits = acts.forward(transform(current, generator))
-                value = objective(acts, logits)
-                loss = -value.sum()
-                if preset.l2:
-                    loss = loss + preset.l2 * current.pow(2).sum()
-                if preset.tv:
-                    loss = loss + preset.tv * total_variation(current).sum()
-                grads = torch.autograd.grad(loss, image.params)
-                with torch.no_grad():
-                    if adam is not None:
-                        for param, grad in zip(image.params, grads):
-                            param.grad = grad
-                        adam.step()
-                    else:
-                        _ascent(image.tensor, -grads[0], preset, pixel_scale)
-                    if isinstance(image, PixelImage):
-                        _priors(image.tensor, -grads[0], step, preset, pixel_scale)
-                trace.append(value.detach().float().cpu())
+                _step(loop, acts, objective, preset, step)
         except KeyboardInterrupt:
             warnings.warn(
-                f"interrupted at step {len(trace)}; returning the image so far", stacklevel=2
+                f"interrupted at step {len(loop.trace)}; returning the image so far", stacklevel=2
             )
+    return _finish(loop, objective, preset, prep, n)
+
+
+@dataclass
+class _Loop:
+    """The optimisation's state: the parameterised image, the input transforms and their random
+    generator, Adam (None for plain ascent), the pixel scale and the objective per step so far."""
+
+    image: FourierImage | PixelImage
+    transform: T.Transform
+    generator: torch.Generator
+    adam: torch.optim.Adam | None
+    pixel_scale: torch.Tensor
+    trace: list[torch.Tensor] = field(default_factory=list)
+
+
+def _with_diversity(
+    objective: Objective, module: nn.Module, n: int, diversity_weight: float
+) -> Objective:
+    """`objective`, plus the weighted diversity term when several images are pushed apart."""
+    if diversity_weight and n > 1:
+        layer = min(objective.layers) if objective.layers else _first_conv(module)
+        objective = objective + diversity_weight * diversity(layer)
+    return objective
+
+
+def _start(
+    module: nn.Module, prep: Preprocess, preset: Preset, n: int, size: int | None, seed: int
+) -> _Loop:
+    """The loop's initial state: a seeded image of side `size`, transforms and optimiser."""
+    device = model_device(module)
+    generator = torch.Generator().manual_seed(seed)
+    side = size or prep.size[0]
+    shape = (n, prep.channels, side, side)
+    pixel_scale = 255 * torch.tensor(prep.std, device=device).view(1, -1, 1, 1)
+    image = _parameterized_image(preset, shape, generator, device, prep, pixel_scale)
+    transform = build_transforms(preset, prep, device)
+    adam = torch.optim.Adam(image.params, lr=preset.lr) if preset.optimizer == "adam" else None
+    return _Loop(image, transform, generator, adam, pixel_scale)
+
+
+def _parameterized_image(
+    preset: Preset,
+    shape: tuple[int, int, int, int],
+    generator: torch.Generator,
+    device: torch.device,
+    prep: Preprocess,
+    pixel_scale: torch.Tensor,
+) -> FourierImage | PixelImage:
+    """The preset's image parameterisation: a Fourier spectrum or plain pixels."""
+    if preset.parameterization == "fourier":
+        return FourierImage(shape, generator, device, prep.normalize)
+    if preset.parameterization == "pixels":
+        return PixelImage(shape, generator, device, preset.init_std / pixel_scale.cpu())
+    raise ConvlensError(f"unknown parameterization {preset.parameterization!r}")
+
+
+def _step(loop: _Loop, acts: Captured, objective: Objective, preset: Preset, step: int) -> None:
+    """One step: forward, ascend the objective less the l2/tv penalties, priors, record it."""
+    image = loop.image
+    current = image()
+    logits = acts.forward(loop.transform(current, loop.generator))
+    value = objective(acts, logits)
+    loss = -value.sum()
+    if preset.l2:
+        loss = loss + preset.l2 * current.pow(2).sum()
+    if preset.tv:
+        loss = loss + preset.tv * total_variation(current).sum()
+    grads = torch.autograd.grad(loss, image.params)
     with torch.no_grad():
-        final = image().detach()
+        if loop.adam is not None:
+            for param, grad in zip(image.params, grads):
+                param.grad = grad
+            loop.adam.step()
+        else:
+            _ascent(image.tensor, -grads[0], preset, loop.pixel_scale)
+        if isinstance(image, PixelImage):
+            _priors(image.tensor, -grads[0], step, preset, loop.pixel_scale)
+    loop.trace.append(value.detach().float().cpu())
+
+
+def _finish(
+    loop: _Loop, objective: Objective, preset: Preset, prep: Preprocess, n: int
+) -> Synthesis:
+    """The Synthesis of the image as optimised so far, with its display form and trace."""
+    with torch.no_grad():
+        final = loop.image().detach()
     return Synthesis(
-        images=display(final, prep, stretch=isinstance(image, PixelImage)),
+        images=display(final, prep, stretch=isinstance(loop.image, PixelImage)),
         inputs=final,
-        trace=torch.stack(trace) if trace else torch.empty(0, n),
+        trace=torch.stack(loop.trace) if loop.trace else torch.empty(0, n),
         objective=objective.name,
         preset=preset,
     )

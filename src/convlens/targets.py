@@ -1,8 +1,14 @@
-"""`Unit`: one activation of a named layer, the target of projections, scans and synthesis."""
+"""What a method explains: a class index (its pre-softmax score) or a `Unit`, one activation of
+a named layer. `Target` is the type every method's `target` argument takes."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+import torch
+
+from convlens._errors import ConvlensError
 
 
 @dataclass(frozen=True)
@@ -41,3 +47,31 @@ class Unit:
         if len(parts) not in (2, 4) or len(numbers) != len(parts) - 1:
             raise ValueError(f"expected LAYER:CHANNEL or LAYER:CHANNEL:Y:X, got {text!r}")
         return cls(parts[0], *numbers)
+
+
+Target = int | Sequence[int] | torch.Tensor | Unit | Sequence[Unit]
+
+
+def target_units(target: Target, count: int) -> list[Unit] | None:
+    """One Unit per image when `target` is a Unit or a sequence of them, else None (a class)."""
+    if isinstance(target, Unit):
+        return [target] * count
+    if isinstance(target, (list, tuple)) and target and all(isinstance(t, Unit) for t in target):
+        if len(target) != count:
+            raise ValueError(f"{len(target)} units for {count} images")
+        return list(target)
+    return None
+
+
+def class_indices(target: Target, count: int, classes: int) -> torch.Tensor:
+    """(count,) class indices from one int or one per image, checked against `classes`."""
+    indices = torch.as_tensor(target).long().flatten()
+    if indices.numel() == 1:
+        indices = indices.expand(count)
+    if indices.numel() != count:
+        raise ValueError(f"{indices.numel()} targets for {count} images")
+    if bool(((indices < 0) | (indices >= classes)).any()):
+        raise ConvlensError(
+            f"target class out of range: the model has {classes} outputs (0..{classes - 1})"
+        )
+    return indices

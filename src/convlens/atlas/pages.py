@@ -1,0 +1,113 @@
+"""The atlas's pages, one function per page kind, written from what the stages recorded."""
+
+from __future__ import annotations
+
+import shutil
+from importlib import resources
+
+from convlens._io import safe_name
+from convlens.atlas.site import Job
+from convlens.atlas.stages import STAGES, scan_result
+from convlens.data.select import item
+from convlens.report import figures, write_page
+from convlens.topk import TopK
+
+
+def write_pages(job: Job) -> None:
+    """Every page the finished stages allow, the stylesheet and script, and the index."""
+    assets = job.site.out / "assets"
+    assets.mkdir(parents=True, exist_ok=True)
+    for name in ("style.css", "filter.js"):
+        shutil.copyfile(resources.files("convlens.report") / "static" / name, assets / name)
+    done = {name: job.site.marker(name) for name in STAGES}
+    if done["units"] is not None:
+        result = scan_result(job)
+        for layer in job.layers:
+            layer_page(job, layer, result[layer], done)
+            for c in range(result[layer].values.shape[0]):
+                unit_page(job, layer, c, result[layer], done)
+    for page in (done["images"] or {}).get("pages", []):
+        image_page(job, page)
+    index_page(job, done)
+
+
+def _common(job: Job) -> dict:
+    return {"model": job.loaded.spec, "data": job.config.data_description}
+
+
+def _dead(done: dict, layer: str) -> set[int]:
+    return set(((done["summary"] or {}).get("dead") or {}).get(layer, []))
+
+
+def layer_page(job: Job, layer: str, top: TopK, done: dict) -> None:
+    """A tile per channel, with dead units faded, and the filter box on the first conv layer."""
+    dead = _dead(done, layer)
+    channels = [
+        {"c": c, "dead": c in dead, "page": job.site.unit_page(layer, c)}
+        for c in range(top.values.shape[0])
+    ]
+    write_page(
+        job.site.out / job.site.layer_page(layer),
+        "layer.html.j2",
+        **_common(job),
+        layer=layer,
+        file=safe_name(layer),
+        channels=channels,
+        first=layer == (done["summary"] or {}).get("first_conv"),
+    )
+
+
+def unit_page(job: Job, layer: str, c: int, top: TopK, done: dict) -> None:
+    """Fig. 2, the activation table, the synthesised image, the evolution strip, the filter."""
+    count = top.values.shape[0]
+    write_page(
+        job.site.out / job.site.unit_page(layer, c),
+        "unit.html.j2",
+        **_common(job),
+        layer=layer,
+        layer_page=job.site.layer_page(layer),
+        c=c,
+        file=safe_name(layer),
+        dead=c in _dead(done, layer),
+        sources=_sources(job, top, c),
+        synthesis=done["synthesis"] is not None,
+        evolution=(done["evolution"] or {}).get("labels"),
+        filter=job.site.unit_image(layer, c, "filter").exists(),
+        previous=job.site.unit_page(layer, c - 1) if c > 0 else None,
+        next=job.site.unit_page(layer, c + 1) if c + 1 < count else None,
+    )
+
+
+def _sources(job: Job, top: TopK, c: int) -> list[dict]:
+    """The activation table of a unit: value, dataset index and label of each top image."""
+    rows = []
+    for value, index in zip(top.values[c].tolist(), top.indices[c].tolist()):
+        if index >= 0:
+            label = item(job.data, index)[1]
+            name = figures.class_name(job.loaded.classes, label) if label >= 0 else ""
+            rows.append({"value": round(value, 4), "index": index, "label": name})
+    return rows
+
+
+def image_page(job: Job, page: dict) -> None:
+    """Prediction, saliency, guided backprop, maps and projections per layer, occlusion."""
+    write_page(
+        job.site.out / job.site.image_page(page["index"]),
+        "image.html.j2",
+        **_common(job),
+        page=page,
+    )
+
+
+def index_page(job: Job, done: dict) -> None:
+    """Layer table, filters, sample images, class models, t-SNE, neighbours, invariance."""
+    layers = [{"name": layer, "page": job.site.layer_page(layer)} for layer in job.layers]
+    write_page(
+        job.site.out / "index.html",
+        "index.html.j2",
+        **_common(job),
+        summary=done["summary"] or {},
+        layers=layers if done["units"] is not None else [],
+        images=(done["images"] or {}).get("pages", []),
+        done=done,
+    )

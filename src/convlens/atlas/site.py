@@ -1,0 +1,91 @@
+"""What an atlas is built from (`AtlasConfig`, `Job`) and where everything goes (`Site`): file
+and page names, and the stage markers that `--resume` reads."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch.utils.data import Dataset
+
+from convlens._io import safe_name, write_json
+from convlens.models.loading import LoadedModel
+
+
+@dataclass(frozen=True)
+class AtlasConfig:
+    """What goes into the atlas: `layers` (default: every conv layer's rectified output),
+    `images` sample images with their own pages, `skip` stages left out, `checkpoints` weight
+    files for the evolution (default: the built-in model's epoch checkpoints when present)."""
+
+    layers: list[str] | None = None
+    images: int = 10
+    skip: Sequence[str] = ()
+    checkpoints: list[str] = field(default_factory=list)
+    synthesis_steps: int = 256
+    embed: int = 1600
+    data_description: str = ""
+
+
+@dataclass(frozen=True)
+class Site:
+    """Paths inside the atlas folder `out`."""
+
+    out: Path
+
+    @property
+    def img(self) -> Path:
+        return self.out / "img"
+
+    def unit_image(self, layer: str, channel: int, kind: str) -> Path:
+        """`img/units/<layer>/<channel>-<kind>.png` (kind: top9, thumb, sources, synthesis, ...)."""
+        return self.img / "units" / safe_name(layer) / f"{channel:04d}-{kind}.png"
+
+    def image_folder(self, index: int) -> Path:
+        """Where the figures of dataset image `index` go."""
+        return self.img / f"image-{index}"
+
+    @staticmethod
+    def layer_page(layer: str) -> str:
+        return f"layer-{safe_name(layer)}.html"
+
+    @staticmethod
+    def unit_page(layer: str, channel: int) -> str:
+        return f"unit-{safe_name(layer)}-{channel:04d}.html"
+
+    @staticmethod
+    def image_page(index: int) -> str:
+        return f"image-{index}.html"
+
+    def marker(self, stage: str) -> dict | None:
+        """What a finished stage recorded, or None when it has not finished."""
+        path = self.out / ".stages" / f"{stage}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def mark(self, stage: str, record: dict) -> None:
+        """Record that `stage` finished, with what the pages need from it."""
+        write_json(self.out / ".stages" / f"{stage}.json", record)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One atlas build: the model, the data, the layers shown, the settings and the site."""
+
+    loaded: LoadedModel
+    data: Dataset
+    layers: list[str]
+    config: AtlasConfig
+    site: Site
+
+    @property
+    def settings(self) -> dict:
+        """What a finished stage must have been built with to be reused on resume."""
+        return {
+            "model": self.loaded.spec,
+            "weights": str(self.loaded.weights),
+            "data": self.config.data_description,
+            "layers": self.layers,
+            "images": self.config.images,
+        }

@@ -1,0 +1,256 @@
+"""The atlas's stages, registered in build order: one plain function each, taking the `Job` and
+returning the record its pages need (kept in the stage's marker). Every figure comes from
+`convlens.report.figures` or a `save_*` of `convlens.report.results`, as in the CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Subset
+
+from convlens import render
+from convlens._io import safe_name
+from convlens.analysis.evaluate import accuracy
+from convlens.analysis.evolution import (
+    checkpoint_label,
+    evolution,
+    evolution_projections,
+    loaded_checkpoints,
+)
+from convlens.analysis.filters import conv_weight, dead_units, layer_maps
+from convlens.analysis.invariance import invariance
+from convlens.atlas.site import Job
+from convlens.attribution import deconvnet, guided_backprop, saliency
+from convlens.data.select import is_labelled, item, one_per_class, take
+from convlens.embedding import embed, nearest_neighbours
+from convlens.models.layers import conv_layers, receptive_field, trace_layers
+from convlens.occlusion import default_geometry, occlusion, strongest_projection
+from convlens.report import figures, write_png, write_pngs
+from convlens.report.results import (
+    layer_table,
+    save_embedding,
+    save_invariance,
+    save_neighbours,
+    save_occlusion,
+    save_synthesis,
+)
+from convlens.scan import ScanResult, scan, top_examples
+from convlens.synthesis import channel, class_score, synthesize
+from convlens.targets import Unit
+
+Stage = Callable[[Job], dict]
+STAGES: dict[str, Stage] = {}
+SKIPPABLE: list[str] = []
+MAX_FILTER_TILES = 20000  # filter grids with more (output, input) tiles are left out
+TSNE_MINIMUM = 90  # three times openTSNE's default perplexity of 30
+
+
+def stage(name: str, *, skippable: bool = False) -> Callable[[Stage], Stage]:
+    """Register the decorated function as stage `name` (stages run in registration order)."""
+
+    def register(run: Stage) -> Stage:
+        if name in STAGES:
+            raise ValueError(f"stage {name!r} is registered twice")
+        STAGES[name] = run
+        if skippable:
+            SKIPPABLE.append(name)
+        return run
+
+    return register
+
+
+def scan_result(job: Job) -> ScanResult:
+    """The result the scan stage saved."""
+    return ScanResult.load(job.site.out / "scan.safetensors")
+
+
+@stage("summary")
+def summary(job: Job) -> dict:
+    """Layer table with dead units, accuracy, filter grids and the first layer's filters."""
+    model = job.loaded.model
+    stats = dead_units(model, job.data, job.layers)
+    convs = conv_layers(model)
+    weights = {layer: conv_weight(model, layer) for layer in convs}
+    shown = {
+        layer: w for layer, w in weights.items() if w.shape[0] * w.shape[1] <= MAX_FILTER_TILES
+    }
+    written = write_pngs(job.site.img, figures.filter_figures(shown))
+    if convs and weights[convs[0]].shape[1] in (1, 3):
+        tiles = render.minmax(weights[convs[0]].float().cpu(), dims=(1, 2, 3))
+        for c, tile in enumerate(tiles):
+            write_png(job.site.unit_image(convs[0], c, "filter"), render.picture(tile, 48))
+    return {
+        "rows": layer_table(trace_layers(model, job.loaded.input_size), stats),
+        "accuracy": accuracy(model, job.data) if is_labelled(job.data) else None,
+        "filters": {layer: path.name for layer, path in zip(shown, written)},
+        "first_conv": convs[0] if convs else None,
+        "dead": {
+            layer: [i for i, d in enumerate(s.dead.tolist()) if d] for layer, s in stats.items()
+        },
+    }
+
+
+@stage("scan")
+def scan_stage(job: Job) -> dict:
+    """The top-9 dataset examples of every channel (resumable on its own)."""
+    result = scan(
+        job.loaded.model,
+        job.data,
+        job.layers,
+        checkpoint=job.site.out / "scan-state.safetensors",
+        description={"model": job.loaded.spec, "data": job.config.data_description},
+    )
+    result.save(job.site.out / "scan.safetensors")
+    return {"layers": job.layers}
+
+
+@stage("units")
+def units(job: Job) -> dict:
+    """Per channel: Fig. 2, its thumbnail (the patches) and the whole source images."""
+    result, model = scan_result(job), job.loaded.model
+    for layer in job.layers:
+        top = result[layer]
+        field = receptive_field(model, layer, job.loaded.input_size)
+        for c in range(top.values.shape[0]):
+            examples = top_examples(model, job.data, top, layer, c, field)
+            figure = figures.top_examples_figure(job.loaded, examples)
+            write_png(job.site.unit_image(layer, c, "top9"), figure)
+            half = figure.shape[1] // 2
+            write_png(job.site.unit_image(layer, c, "thumb"), figure[:, half:][::2, ::2])
+            sources = figures.source_grid(job.loaded.transform.denormalize(examples.images))
+            write_png(job.site.unit_image(layer, c, "sources"), sources)
+    return {"layers": job.layers}
+
+
+@stage("synthesis", skippable=True)
+def synthesis(job: Job) -> dict:
+    """A synthesised image per channel (all channels of a layer as one batch) and class models."""
+    result = scan_result(job)
+    for layer in job.layers:
+        count = result[layer].values.shape[0]
+        made = synthesize(
+            job.loaded,
+            channel(layer, list(range(count))),
+            preset="lucid",
+            steps=job.config.synthesis_steps,
+            n=count,
+        )
+        for c, image in enumerate(made.images):
+            write_png(job.site.unit_image(layer, c, "synthesis"), render.picture(image, 96))
+    names = job.loaded.classes
+    classes = list(range(min(len(names), 10)))
+    models = synthesize(job.loaded, class_score(classes), preset="lucid", n=len(classes))
+    labels = [f"{c}: {names[c]}" for c in classes]
+    return {"classes": save_synthesis(models, labels, job.site.img, "class-models").name}
+
+
+@stage("evolution", skippable=True)
+def evolution_stage(job: Job) -> dict:
+    """Each channel's strongest activation projected at every training checkpoint (Fig. 4)."""
+    checkpoints = job.config.checkpoints
+    if len(checkpoints) < 2:
+        return {"note": "no training checkpoints were given (--checkpoints)"}
+    evo = evolution(checkpoints, job.data, job.layers, spec=job.loaded.spec)
+    models = [loaded.model for loaded in loaded_checkpoints(evo, job.loaded.spec)]
+    for layer in job.layers:
+        field = receptive_field(models[0], layer, job.loaded.input_size)
+        for c in range(evo.results[0][layer].values.shape[0]):
+            projections = evolution_projections(evo, models, job.data, layer, c)
+            strip = figures.evolution_strip(
+                figures.evolution_tiles(projections, field), len(models)
+            )
+            write_png(job.site.unit_image(layer, c, "evolution"), strip)
+    return {"labels": [checkpoint_label(c) for c in checkpoints]}
+
+
+@stage("images")
+def images(job: Job) -> dict:
+    """A page per sample image: prediction, saliency, guided backprop, maps and projections per
+    layer, occlusion."""
+    return {"pages": [image_page(job, i) for i in one_per_class(job.data, job.config.images)]}
+
+
+def image_page(job: Job, index: int) -> dict:
+    """The figures of one sample image, and what its page lists."""
+    model, folder = job.loaded.model, job.site.image_folder(index)
+    image, label = item(job.data, index)
+    with torch.no_grad():
+        probs = model(image[None]).softmax(dim=1)[0]
+    top = probs.topk(min(3, len(probs)))
+    predicted = int(top.indices[0])
+    attributions = {
+        "saliency": saliency(model, image[None], predicted)[0],
+        "guided": guided_backprop(model, image[None], predicted)[0],
+    }
+    shown = {}
+    for method, values in attributions.items():
+        shown |= figures.attribution_figures(job.loaded, image, method, values, 160)
+    write_pngs(folder, shown)
+    layers = layer_figures(job, image, folder)
+    maps = occlusion(
+        model, image, label if label >= 0 else predicted, **_geometry(image), layer=job.layers[-1]
+    )
+    save_occlusion(
+        job.loaded, image, maps, strongest_projection(model, image[None], maps)[0], folder
+    )
+    classes = job.loaded.classes
+    return {
+        "index": index,
+        "label": figures.class_name(classes, label) if label >= 0 else None,
+        "top": [
+            {"name": figures.class_name(classes, int(c)), "p": round(float(p), 4)}
+            for p, c in zip(top.values, top.indices)
+        ],
+        "layers": layers,
+    }
+
+
+def _geometry(image: torch.Tensor) -> dict:
+    window, stride = default_geometry(min(image.shape[-2:]))
+    return {"window": window, "stride": stride}
+
+
+def layer_figures(job: Job, image: torch.Tensor, folder) -> list[dict]:
+    """Feature maps of one image at every layer, and the projection of each layer's strongest
+    channel."""
+    maps = layer_maps(job.loaded.model, image, job.layers)
+    write_pngs(folder, figures.feature_map_figures(maps, "maps", tile=40))
+    layers = []
+    for layer, values in maps.items():
+        strongest = int(values.flatten(1).amax(dim=1).argmax())
+        projection = deconvnet(job.loaded.model, image[None], Unit(layer, strongest))[0]
+        write_png(folder / f"deconv-{safe_name(layer)}.png", render.signed_image(projection, 160))
+        layers.append({"name": layer, "file": safe_name(layer), "strongest": strongest})
+    return layers
+
+
+@stage("embedding", skippable=True)
+def embedding(job: Job) -> dict:
+    """t-SNE mosaic and scatter of the CNN codes, and nearest neighbours of five images."""
+    count = int(np.sqrt(min(job.config.embed, len(job.data)))) ** 2
+    if count <= TSNE_MINIMUM:
+        return {
+            "note": f"t-SNE needs more than {TSNE_MINIMUM} images; the data has {len(job.data)}"
+        }
+    found = embed(job.loaded.model, job.data, count)
+    save_embedding(job.loaded, job.data, found, job.site.img, tile=24)
+    queries = Subset(job.data, one_per_class(job.data, 5))
+    near = nearest_neighbours(job.loaded.model, queries, job.data, 6)
+    save_neighbours(job.loaded, queries, job.data, near, job.site.img)
+    return {"count": count}
+
+
+@stage("invariance", skippable=True)
+def invariance_stage(job: Job) -> dict:
+    """Fig. 5 for translation, scaling and rotation at the first and last layer."""
+    if not is_labelled(job.data):
+        return {"note": "invariance needs labelled images"}
+    images, labels = take(job.data, one_per_class(job.data, 5))
+    layers = [job.layers[0], job.layers[-1]]
+    plots = []
+    for transform in ("translate", "scale", "rotate"):
+        result = invariance(job.loaded.model, images, labels, layers, transform)
+        plots.append(save_invariance(result, job.site.img).name)
+    return {"plots": plots}

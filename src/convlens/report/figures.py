@@ -1,0 +1,151 @@
+"""Each figure of convlens made in one place, from a finished result: pure functions returning
+uint8 arrays (or named sets of them), shared by the CLI's `save_*`, the atlas and notebooks.
+Nothing here runs a model; the drawing primitives are in `convlens.render`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from convlens import render
+from convlens._io import safe_name
+from convlens.analysis.invariance import Invariance
+from convlens.data.select import item
+from convlens.embedding import Neighbours
+from convlens.models.layers import ReceptiveField
+from convlens.models.loading import LoadedModel
+from convlens.occlusion import Occlusion
+from convlens.scan import TopExamples
+
+
+def class_name(classes: Sequence[str], label: int) -> str:
+    """The name of class `label`; "unlabelled" for -1, the number itself past the names."""
+    if label < 0:
+        return "unlabelled"
+    return classes[label] if label < len(classes) else str(label)
+
+
+def filter_figures(weights: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """`filters-<layer>`: each conv layer's filters as a grid."""
+    return {f"filters-{safe_name(layer)}": render.filter_grid(w) for layer, w in weights.items()}
+
+
+def feature_map_figures(
+    maps: dict[str, torch.Tensor], prefix: str = "maps", tile: int = 64
+) -> dict[str, np.ndarray]:
+    """`<prefix>-<layer>`: the feature maps (C, h, w) of one image at each spatial layer."""
+    return {
+        f"{prefix}-{safe_name(layer)}": render.map_grid(values, tile=tile)
+        for layer, values in maps.items()
+        if values.dim() == 3
+    }
+
+
+def attribution_figures(
+    loaded: LoadedModel, image: torch.Tensor, method: str, values: torch.Tensor, size: int = 224
+) -> dict[str, np.ndarray]:
+    """The image and its attribution `values` by `method`: saliency (H, W) as a heat map and an
+    overlay; signed maps (C, H, W) stretched around zero (grey is zero)."""
+    shown = loaded.transform.denormalize(image)
+    figures = {"image": render.picture(shown, size)}
+    if method == "saliency":
+        figures["saliency"], figures["saliency-overlay"] = render.saliency_images(
+            values, shown, size
+        )
+    else:
+        figures[method] = render.signed_image(values, size)
+    return figures
+
+
+def top_examples_figure(loaded: LoadedModel, examples: TopExamples) -> np.ndarray:
+    """Zeiler & Fergus Fig. 2 for one channel (`scan.top_examples`): the projections beside the
+    image patches, both cropped to each activation's receptive field."""
+    shown = loaded.transform.denormalize(examples.images)
+    boxes = examples.boxes
+    patches = torch.stack([render.crop_padded(i, b, fill=0.5) for i, b in zip(shown, boxes)])
+    projected = torch.stack([render.crop_padded(p, b) for p, b in zip(examples.projections, boxes)])
+    return render.top_examples_figure(patches, projected)
+
+
+def occlusion_panels(
+    loaded: LoadedModel, image: torch.Tensor, maps: Occlusion, projection: torch.Tensor | None
+) -> list[tuple[str, np.ndarray]]:
+    """Fig. 7 for one image (`maps` of that image alone): (a) the image with the occluder
+    positions and the occluder where the target probability drops most, (b) the strongest
+    feature map's total activation, (c) that map's deconvnet `projection`, (d) the target
+    probability, (e) the most probable class with a legend."""
+    worst = divmod(int(maps.prob[0].argmin()), maps.prob.shape[-1])
+    corner = (int(maps.ys[worst[0]]), int(maps.xs[worst[1]]))
+    shown = loaded.transform.denormalize(image)
+    grid = render.occluder_grid(shown, maps.ys, maps.xs, maps.window, corner)
+    panels = [("(a) image, occluder positions", grid)]
+    if maps.layer is not None and projection is not None:
+        channel = int(maps.channel[0])
+        panels += [
+            (f"(b) {maps.layer} map {channel}", render.position_map(maps.activation[0])),
+            (f"(c) projection of map {channel}", render.signed_image(projection)),
+        ]
+    top = max(float(maps.prob[0].max()), float(maps.base_prob[0]), 1e-6)
+    name = class_name(loaded.classes, int(maps.target[0]))
+    return [
+        *panels,
+        (f"(d) p({name}), 0 to {top:.3g}", render.position_map(maps.prob[0], scale=(0, top))),
+        ("(e) most probable class", render.class_map(maps.argmax[0], list(loaded.classes))),
+    ]
+
+
+def neighbours_figure(
+    loaded: LoadedModel, queries: Dataset, gallery: Dataset, found: Neighbours
+) -> np.ndarray:
+    """Each query (first column) with its nearest gallery images: in feature space (upper row)
+    and in pixel space (lower row), as the lecture slides show them."""
+    k = found.feature_indices.shape[1]
+    rows = []
+    for q in range(len(queries)):
+        query = loaded.transform.denormalize(item(queries, q)[0])
+        for label, indices in (
+            ("features", found.feature_indices),
+            ("pixels", found.pixel_indices),
+        ):
+            hits = [item(gallery, int(i)) for i in indices[q]]
+            images = [query] + [loaded.transform.denormalize(image) for image, _ in hits]
+            names = [label] + [class_name(loaded.classes, hit) for _, hit in hits]
+            rows.append(render.labelled_tiles(torch.stack(images), names, columns=k + 1, size=72))
+    width = max(row.shape[1] for row in rows)
+    return np.concatenate(
+        [np.pad(r, ((0, 6), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    )
+
+
+def evolution_tiles(
+    projections: Sequence[tuple[torch.Tensor, tuple[int, int]]], field: ReceptiveField
+) -> torch.Tensor:
+    """(checkpoints, C, s, s): each checkpoint's projection (`evolution_projections`) cropped to
+    the receptive field of its position, each stretched around zero on its own."""
+    cells = [render.crop_padded(projection, field.box(y, x)) for projection, (y, x) in projections]
+    return render.signed_stretch(torch.stack(cells).float(), dims=(1, 2, 3), quantile=0.995)
+
+
+def evolution_strip(tiles: torch.Tensor, columns: int) -> np.ndarray:
+    """Evolution tiles enlarged and laid out `columns` (checkpoints) per row."""
+    return render.grid(render.fit(tiles, 48), columns=columns, padding=2)
+
+
+def invariance_figure(result: Invariance) -> np.ndarray:
+    """Fig. 5 for one transformation: feature distance at each layer and the true class's
+    probability against the transformation value, one line per image."""
+    unit = {"translate": "pixels", "scale": "factor", "rotate": "degrees"}[result.transform]
+    panels = [
+        (layer, render.line_plot(result.values, d.t().numpy(), "relative distance", unit))
+        for layer, d in result.distance.items()
+    ]
+    probability = render.line_plot(result.values, result.prob.t().numpy(), "p(true class)", unit)
+    return render.panel_row([*panels, ("true class", probability)])
+
+
+def source_grid(images: torch.Tensor) -> np.ndarray:
+    """The whole [0, 1] images (k, C, H, W) behind a channel's top activations, 3 per row."""
+    return render.grid(render.fit(images, 56), columns=3, padding=2)

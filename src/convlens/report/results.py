@@ -1,0 +1,244 @@
+"""One `save_<result>` per kind of result: a finished result in, its figure(s) and raw data out.
+None of them runs a model (a test calls each with a model whose forward raises); the figures
+come from `convlens.report.figures`, the same ones the atlas shows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from convlens import render
+from convlens._io import safe_name, write_json
+from convlens.analysis.evolution import Evolution, checkpoint_label
+from convlens.analysis.filters import DeadUnits, FirstLayer, filter_rms
+from convlens.analysis.invariance import Invariance
+from convlens.data.select import item
+from convlens.embedding import Embedding, Neighbours
+from convlens.models.layers import LayerInfo
+from convlens.models.loading import LoadedModel
+from convlens.occlusion import Occlusion
+from convlens.report import figures
+from convlens.report.writer import write_npz, write_png, write_pngs, write_text
+from convlens.synthesis import AdversarialAccuracy, Fooling, Inversion, Synthesis
+
+
+def layer_table(
+    infos: dict[str, LayerInfo], dead: dict[str, DeadUnits] | None = None
+) -> list[dict]:
+    """Printable rows (name, kind, output shape, receptive field, dead units) of a layer table."""
+    rows = []
+    for info in infos.values():
+        rf = info.receptive_field
+        if rf is None:
+            field = "-"
+        elif info.output_shape is not None and len(info.output_shape) == 3:
+            field = f"{rf.size[0]}x{rf.size[1]} / {rf.stride[0]} @ {rf.offset[0]}"
+        else:
+            field = f"{rf.size[0]}x{rf.size[1]} @ {rf.offset[0]} (all of the input)"
+        stats = (dead or {}).get(info.name)
+        rows.append(
+            {
+                "name": info.name,
+                "kind": info.kind,
+                "shape": "x".join(map(str, info.output_shape)) if info.output_shape else "-",
+                "field": field,
+                "dead": f"{stats.dead_count}/{len(stats.dead)}" if stats else "",
+            }
+        )
+    return rows
+
+
+def save_filters(weights: dict[str, torch.Tensor], out: Path) -> list[Path]:
+    """One filter-grid PNG per conv layer, plus every filter's RMS in `filters.json`."""
+    rms = {layer: [round(v, 6) for v in filter_rms(w).tolist()] for layer, w in weights.items()}
+    write_json(out / "filters.json", {"rms": rms})
+    return write_pngs(out, figures.filter_figures(weights))
+
+
+def save_feature_maps(maps: dict[str, torch.Tensor], out: Path, prefix: str = "maps") -> list[Path]:
+    """Feature-map grids of one image at each layer, plus the raw maps (`<prefix>.npz`)."""
+    write_npz(out / f"{prefix}.npz", **{layer: m.cpu().numpy() for layer, m in maps.items()})
+    return write_pngs(out, figures.feature_map_figures(maps, prefix))
+
+
+def save_attribution(
+    loaded: LoadedModel, image: torch.Tensor, method: str, values: torch.Tensor, out: Path
+) -> list[Path]:
+    """One attribution of one preprocessed image: the display PNG(s) and the raw map (`.npz`)."""
+    write_npz(out / f"{method}.npz", **{method: values.cpu().numpy(), "image": image.cpu().numpy()})
+    return write_pngs(out, figures.attribution_figures(loaded, image, method, values))
+
+
+def save_occlusion(
+    loaded: LoadedModel,
+    image: torch.Tensor,
+    maps: Occlusion,
+    projection: torch.Tensor | None,
+    out: Path,
+) -> Path:
+    """Fig. 7 for one image (`figures.occlusion_panels`): the row `occlusion.png`, each panel
+    on its own (`occlusion-a.png`, ...) and the raw maps (`occlusion.npz`)."""
+    panels = figures.occlusion_panels(loaded, image, maps, projection)
+    for title, panel in panels:
+        write_png(out / f"occlusion-{title[1]}.png", panel)
+    raw = {name: getattr(maps, name)[0].numpy() for name in ("prob", "argmax", "sensitivity")}
+    if maps.layer is not None and projection is not None:
+        raw |= {"activation": maps.activation[0].numpy(), "projection": projection.cpu().numpy()}
+    write_npz(out / "occlusion.npz", ys=maps.ys.numpy(), xs=maps.xs.numpy(), **raw)
+    return write_png(out / "occlusion.png", render.panel_row(panels))
+
+
+def save_synthesis(result: Synthesis, labels: list[str], out: Path, name: str) -> Path:
+    """Synthesised images as a captioned grid `<name>.png`, raw arrays and trace in `<name>.npz`."""
+    write_npz(
+        out / f"{name}.npz",
+        images=result.images.cpu().numpy(),
+        inputs=result.inputs.cpu().numpy(),
+        trace=result.trace.numpy(),
+    )
+    return write_png(out / f"{name}.png", render.labelled_tiles(result.images, labels))
+
+
+def save_inversion(loaded: LoadedModel, image: torch.Tensor, result: Inversion, out: Path) -> Path:
+    """The image beside its reconstruction from the code at `result.layer`."""
+    distance = float(result.distance[-1, 0])
+    panels = [
+        ("original", render.picture(loaded.transform.denormalize(image))),
+        (f"from {result.layer} (distance {distance:.3f})", render.picture(result.images[0])),
+    ]
+    write_npz(
+        out / "inversion.npz",
+        image=result.inputs[0].cpu().numpy(),
+        distance=result.distance.numpy(),
+    )
+    return write_png(out / "inversion.png", render.panel_row(panels))
+
+
+def save_fooling(loaded: LoadedModel, image: torch.Tensor, fooled: Fooling, out: Path) -> Path:
+    """Original, fooling image and their difference (stretched around zero), with predictions."""
+    denormalize, classes = loaded.transform.denormalize, loaded.classes
+    panels = [
+        (
+            f"original: {figures.class_name(classes, fooled.original_class)}",
+            render.picture(denormalize(image)),
+        ),
+        (
+            f"now: {figures.class_name(classes, fooled.final_class)}",
+            render.picture(denormalize(fooled.image)),
+        ),
+        ("difference", render.signed_image(fooled.image.cpu() - image.cpu())),
+    ]
+    write_npz(
+        out / "fooling.npz",
+        image=fooled.image.cpu().numpy(),
+        target_prob=fooled.target_prob.numpy(),
+    )
+    return write_png(out / "fooling.png", render.panel_row(panels))
+
+
+def save_adversarial_accuracy(table: AdversarialAccuracy, out: Path) -> Path:
+    """The accuracy table as `adversarial.json`."""
+    rows = [
+        {"eps": eps, "clean": table.clean, "fgsm": fgsm, "iterative": iterative}
+        for eps, fgsm, iterative in zip(table.eps, table.fgsm, table.iterative)
+    ]
+    return write_json(out / "adversarial.json", {"images": table.images, "accuracy": rows})
+
+
+def save_embedding(
+    loaded: LoadedModel, data: Dataset, found: Embedding, out: Path, *, tile: int = 28
+) -> list[Path]:
+    """The t-SNE mosaic, the scatter plot coloured by class, and `embedding.csv`."""
+    shown = torch.stack(
+        [loaded.transform.denormalize(item(data, int(i))[0]) for i in found.indices]
+    )
+    cells = {int(index): (row, col) for (row, col), index in np.ndenumerate(found.layout)}
+    rows = ["index,label,x,y,row,col"] + [
+        f"{index},{found.labels[n]},{found.xy[n, 0]:.4f},{found.xy[n, 1]:.4f},{cells[n][0]},{cells[n][1]}"
+        for n, index in enumerate(found.indices)
+    ]
+    write_text(out / "embedding.csv", "\n".join(rows) + "\n")
+    scatter = render.scatter(found.xy, found.labels, list(loaded.classes))
+    return [
+        write_png(out / "tsne-mosaic.png", render.mosaic(shown, found.layout, tile)),
+        write_png(out / "tsne-scatter.png", scatter),
+    ]
+
+
+def save_neighbours(
+    loaded: LoadedModel, queries: Dataset, gallery: Dataset, found: Neighbours, out: Path
+) -> Path:
+    """`figures.neighbours_figure` and the neighbour indices (`neighbours.json`)."""
+    indices = {
+        "feature_indices": found.feature_indices.tolist(),
+        "pixel_indices": found.pixel_indices.tolist(),
+    }
+    write_json(out / "neighbours.json", indices)
+    return write_png(
+        out / "neighbours.png", figures.neighbours_figure(loaded, queries, gallery, found)
+    )
+
+
+def save_diagnosis(runs: dict[str, tuple[dict, FirstLayer]], out: Path) -> dict[str, dict]:
+    """Fig. 6: the first-layer filters of each run (name → (its training metadata, its
+    `FirstLayer`)) side by side, with per-filter RMS, the largest filter's share and the dead
+    filters, in `diagnosis.json` and `diagnosis.png`."""
+    panels, summary = [], {}
+    for name, (meta, first) in runs.items():
+        summary[name] = {
+            "model": meta["config"]["model"],
+            "test_accuracy": meta["test_accuracy"],
+            "rms": [round(v, 5) for v in first.rms.tolist()],
+            "largest_share": round(first.largest_share, 4),
+            "dead_filters": [i for i, d in enumerate(first.dead.dead.tolist()) if d],
+        }
+        title = f"{name}: largest share {first.largest_share:.3f}, dead {first.dead.dead_count}"
+        panels.append((title, render.filter_grid(first.weight)))
+    write_json(out / "diagnosis.json", summary)
+    write_png(out / "diagnosis.png", render.panel_row(panels))
+    return summary
+
+
+def save_evolution(evo: Evolution, tiles: dict[str, torch.Tensor], out: Path) -> list[Path]:
+    """Fig. 4 per layer: `tiles[layer]` (`figures.evolution_tiles` of each shown channel,
+    concatenated) as a row per feature map and a column per checkpoint."""
+    labels = "epochs " + " | ".join(
+        checkpoint_label(c).removeprefix("epoch ") for c in evo.checkpoints
+    )
+    return [
+        write_png(
+            out / f"evolution-{safe_name(layer)}.png",
+            render.caption(figures.evolution_strip(layer_tiles, len(evo.checkpoints)), labels),
+        )
+        for layer, layer_tiles in tiles.items()
+    ]
+
+
+def save_invariance(result: Invariance, out: Path) -> Path:
+    """`figures.invariance_figure` for one transformation; raw arrays in `.npz`."""
+    write_npz(
+        out / f"invariance-{result.transform}.npz",
+        values=np.array(result.values),
+        prob=result.prob.numpy(),
+        **{f"distance {layer}": d.numpy() for layer, d in result.distance.items()},
+    )
+    return write_png(out / f"invariance-{result.transform}.png", figures.invariance_figure(result))
+
+
+def save_dead_units(stats: dict[str, DeadUnits], out: Path) -> Path:
+    """Dead-unit statistics as JSON: per layer, per channel zero fraction and the dead channels."""
+    return write_json(
+        out / "dead-units.json",
+        {
+            layer: {
+                "images": s.images,
+                "threshold": s.threshold,
+                "dead": [i for i, d in enumerate(s.dead.tolist()) if d],
+                "zero_fraction": [round(v, 4) for v in s.zero_fraction.tolist()],
+            }
+            for layer, s in stats.items()
+        },
+    )
