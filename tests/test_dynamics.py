@@ -145,6 +145,6 @@ def test_evolution_refuses_a_channel_past_the_layer_width_before_scanning(tmp_pa
     path = write_checkpoint(tmp_path / "epoch-001.safetensors", entry.build().state_dict(), {})
     data = TensorDataset(torch.randn(2, 1, 28, 28))
     with pytest.raises(
-        cl.ConvlensError, match="channel 64 is out of range: layer 'features.13' has 64"
+        cl.ConvlensError, match=r"channel 64 is out of range: layer 'features\.13' has 64"
     ):
         evolution([path, path], data, ["features.13"], channels=[0, 64])

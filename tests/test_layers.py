@@ -120,3 +120,29 @@ def test_trace_leaves_no_hooks_and_restores_mode():
     cl.trace_layers(model, 32)
     assert model.training and not model.conv1.training
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("resnet18", ["maxpool", "layer1", "layer2", "layer3", "layer4"]),
+        ("regnet_x_400mf", ["stem", *(f"trunk_output.block{i}" for i in range(1, 5))]),
+        ("convnext_tiny", ["features.0", "features.1", "features.3", "features.5", "features.7"]),
+        ("alexnet", ["features.1", "features.4", "features.7", "features.9", "features.11"]),
+    ],
+)
+def test_default_layers_are_the_stem_and_stages_of_deep_networks(name, expected):
+    import torchvision
+
+    from convlens.models.layers import default_layers
+
+    assert default_layers(torchvision.models.get_model(name)) == expected
+
+
+def test_parallel_branches_are_not_stages():
+    import torchvision
+
+    from convlens.models.layers import conv_layers, default_layers, stages
+
+    model = torchvision.models.googlenet(init_weights=False, aux_logits=False)
+    assert stages(model) == [] and len(default_layers(model)) == len(conv_layers(model))

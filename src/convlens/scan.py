@@ -119,10 +119,9 @@ def scan(
         data: a Dataset of images or (image, label) pairs (preprocessed), or a DataLoader.
         layers: named modules to record (default: every conv layer's rectified output).
         k: how many images per channel.
-        checkpoint: a file to keep the running state in, written atomically every
-            `checkpoint_every` batches; a scan started again with the same file resumes from it
-            and ends with exactly the result of an unbroken run. A different model, dataset,
-            layer list or k is refused.
+        checkpoint: a file for the running state, written atomically every `checkpoint_every`
+            batches; the same scan started again resumes from it and ends with exactly the
+            result of an unbroken run (a different model, dataset, layers or k is refused).
         shard: (rank, world): scan dataset indices rank, rank + world, ... only.
         description: model and data specs recorded in the result's metadata.
         channels_last: run convolutions in channels-last memory format (same values, faster on CPU).

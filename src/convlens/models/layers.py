@@ -329,10 +329,56 @@ def rectified_output(model: nn.Module, conv: str) -> str:
     return conv
 
 
+def stages(model: nn.Module) -> list[str]:
+    """The stages of a deep network, in order: `nn.Sequential`s whose every child is a block (a
+    module other than a convolution that holds one) and none of whose children is such a stage
+    itself, chained one after another in the model itself or in one `nn.Sequential` (the one
+    holding the most of them). A ResNet's `layer1` to `layer4`, an EfficientNet's or ConvNeXt's
+    `features.N`, a RegNet's `trunk_output.blockN`; empty for conv-ReLU stacks (AlexNet, VGG, the
+    built-in network) and for parallel branches (GoogLeNet)."""
+
+    def is_block(module: nn.Module) -> bool:
+        return not isinstance(module, nn.Conv2d) and any(
+            isinstance(m, nn.Conv2d) for m in module.modules()
+        )
+
+    def is_stage(module: nn.Module) -> bool:
+        return isinstance(module, nn.Sequential) and len(module) > 0 and all(map(is_block, module))
+
+    modules = dict(model.named_modules())
+    chains: dict[str, list[str]] = {}
+    for name, module in modules.items():
+        parent = name.rpartition(".")[0]
+        chained = parent == "" or isinstance(modules[parent], nn.Sequential)
+        if name and chained and is_stage(module) and not any(map(is_stage, module)):
+            chains.setdefault(parent, []).append(name)
+    return max(chains.values(), key=len, default=[])
+
+
 def default_layers(model: nn.Module) -> list[str]:
-    """The layers shown by default (feature maps, scans, dead units, the atlas): the rectified
-    output of every conv layer (the conv itself where no ReLU module follows)."""
-    return [rectified_output(model, conv) for conv in conv_layers(model)]
+    """The layers shown by default (feature maps, scans, dead units, the atlas). For a network
+    built of stages (`stages`, at least two), the stem's output and each stage's output, as a
+    ResNet's `maxpool, layer1, ..., layer4`; otherwise the rectified output of every conv layer
+    (the conv itself where no ReLU module follows)."""
+    found = stages(model)
+    if len(found) < 2:
+        return [rectified_output(model, conv) for conv in conv_layers(model)]
+    return _stem(model, found[0]) + found
+
+
+def _stem(model: nn.Module, first_stage: str) -> list[str]:
+    """The module run right before `first_stage`: its previous sibling, or its parent's (a
+    RegNet's `stem` before `trunk_output.block1`); empty when there is none."""
+    name = first_stage
+    while name:
+        parent_name, _, child = name.rpartition(".")
+        parent = resolve_layer(model, parent_name) if parent_name else model
+        siblings = [n for n, _ in parent.named_children()]
+        before = siblings[: siblings.index(child)]
+        if before:
+            return [f"{parent_name}.{before[-1]}" if parent_name else before[-1]]
+        name = parent_name
+    return []
 
 
 __all__ = [
@@ -343,5 +389,6 @@ __all__ = [
     "receptive_field",
     "rectified_output",
     "spatial_size",
+    "stages",
     "trace_layers",
 ]
