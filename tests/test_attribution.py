@@ -255,7 +255,7 @@ def test_no_hook_or_mode_or_grad_left_behind(name, raises):
     frozen = net[0].bias
     frozen.requires_grad_(False)
     if raises:
-        net.append(Exploding())
+        net[4] = Exploding()  # between the input and the unit's layer
     x = torch.randn(2, 3, 12, 12)
     if raises:
         with pytest.raises(RuntimeError, match="boom"):
@@ -269,6 +269,15 @@ def test_no_hook_or_mode_or_grad_left_behind(name, raises):
     assert not frozen.requires_grad and net[0].weight.requires_grad
     assert all(p.grad is None for p in net.parameters())
     assert not torch.overrides._get_current_function_mode_stack()
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_a_unit_projection_stops_the_forward_after_the_units_layer(name):
+    net = zeiler_net().eval()
+    x = torch.randn(2, 3, 12, 12)
+    expected = METHODS[name](net, x, cl.Unit("5", 1))
+    net.append(Exploding())  # never reached
+    torch.testing.assert_close(METHODS[name](net, x, cl.Unit("5", 1)), expected)
 
 
 def test_bad_targets_and_shapes_are_clear_errors():

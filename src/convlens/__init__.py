@@ -25,7 +25,7 @@ from convlens.models.layers import LayerInfo, ReceptiveField, receptive_field, t
 from convlens.models.loading import LoadedModel
 from convlens.occlusion import Occlusion, occlusion
 from convlens.scan import scan
-from convlens.synthesis import fgsm, fooling_image, invert, synthesize
+from convlens.synthesis import fgsm, fooling_image, invert, synthesize, synthesize_units
 from convlens.targets import Unit
 from convlens.topk import ScanResult, TopK
 from convlens.training import load_model
@@ -73,6 +73,7 @@ __all__ = [
     "scan",
     "synthesis",
     "synthesize",
+    "synthesize_units",
     "trace_layers",
     "tsne",
     "write_atlas",

@@ -87,10 +87,10 @@ def project(
     with preserved_state(model, training=False, frozen=True):
         layers = sorted({unit.layer for unit in units}) if units else []
         with (
-            capture(model, layers, detach=False) as acts,
-            backward_rule(rule, normalization=normalization, strict=strict),
+            capture(model, layers, detach=False, stop=bool(units)) as acts,
+            backward_rule(rule, normalization=normalization, strict=strict, whole=not units),
         ):
-            logits = model(x)
+            logits = acts.forward(x)  # for units, the forward stops after their layers
         if units:
             seeds = _unit_seeds(units, acts, keep_value=rule == "deconvnet")
             outputs, grads = [acts[layer] for layer in seeds], list(seeds.values())

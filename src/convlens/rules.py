@@ -15,12 +15,16 @@ from torch.overrides import TorchFunctionMode
 
 from convlens._errors import ConvlensError
 
-RULES = ("gradient", "deconvnet", "guided")
+RULES = ("gradient", "deconvnet", "guided", "redirected")
 
 
 class _RuleReLU(torch.autograd.Function):
-    """ReLU forward (in place when asked) with the backward of a projection rule:
-    deconvnet `relu(grad)` (Zeiler & Fergus), guided `relu(grad) * (input > 0)` (Springenberg)."""
+    """ReLU forward (in place when asked) with the backward of a rule: deconvnet `relu(grad)`
+    (Zeiler & Fergus), guided `relu(grad) * (input > 0)` (Springenberg), redirected (Lucid's
+    `redirected_relu_grad`, for synthesis): the plain gradient, except for an image whose plain
+    gradient through this ReLU is all zero, which gets the incoming gradient wherever it does
+    not push an already negative input lower, so an optimisation that starts with a silent
+    unit still moves."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, rule: str, inplace: bool) -> torch.Tensor:
@@ -28,14 +32,26 @@ class _RuleReLU(torch.autograd.Function):
         if inplace:
             ctx.mark_dirty(x)
         ctx.rule = rule
-        ctx.save_for_backward(out > 0 if rule == "guided" else None)
+        ctx.save_for_backward(out > 0 if rule in ("guided", "redirected") else None)
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (mask,) = ctx.saved_tensors
+        (positive,) = ctx.saved_tensors
+        if ctx.rule == "redirected":
+            return _redirected(grad, positive), None, None
         rectified = grad.clamp_min(0)
-        return (rectified * mask if mask is not None else rectified), None, None
+        return (rectified * positive if positive is not None else rectified), None, None
+
+
+def _redirected(grad: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """Lucid's redirected ReLU gradient, `grad` being d loss / d output (a loss to minimise)."""
+    plain = grad * positive
+    silent = ~plain.flatten(1).any(dim=1)
+    if not bool(silent.any()):  # the usual case once the optimisation is under way
+        return plain
+    redirected = grad * ~(~positive & (grad > 0))
+    return torch.where(silent.view(-1, *[1] * (grad.dim() - 1)), redirected, plain)
 
 
 class _PassThrough(torch.autograd.Function):
@@ -117,7 +133,7 @@ class _RuleMode(TorchFunctionMode):
 
 @contextmanager
 def backward_rule(
-    rule: str, *, normalization: str = "gradient", strict: bool = False
+    rule: str, *, normalization: str = "gradient", strict: bool = False, whole: bool = True
 ) -> Iterator[_RuleMode | None]:
     """Inside the block, forwards record ReLUs whose backward follows `rule`.
 
@@ -125,6 +141,8 @@ def backward_rule(
     "gradient" (back-propagate through local response normalisation) or "identity" (pass the
     signal through, as the deconvnet of Zeiler & Fergus does). Nonlinearities the rule does not
     cover are reported in one warning after the block, or raise a ConvlensError when `strict`.
+    A `whole` forward that applied no ReLU at all is refused (the rule would be the plain
+    gradient); a forward stopped at a unit's layer may end before the first ReLU.
     Nothing is registered on the model, so nothing can be left behind.
     """
     if rule not in RULES:
@@ -137,7 +155,7 @@ def backward_rule(
     mode = _RuleMode(rule, normalization)
     with mode:
         yield mode
-    if mode.uncovered:
+    if mode.uncovered and rule != "redirected":  # synthesis redirects ReLUs only on purpose
         message = (
             f"the {rule} rule covers ReLU only; this model also uses "
             f"{', '.join(sorted(mode.uncovered))}, whose backward stays the plain gradient"
@@ -145,7 +163,7 @@ def backward_rule(
         if strict:
             raise ConvlensError(message)
         warnings.warn(message, stacklevel=3)
-    if rule != "gradient" and mode.applied == 0:
+    if rule != "gradient" and whole and mode.applied == 0:
         raise ConvlensError(
             f"the {rule} rule needs ReLUs, and this model's forward applied none; use "
             "method 'gradient' or 'saliency' for it"

@@ -37,15 +37,15 @@ def write_atlas(
     """
     config = config or AtlasConfig()
     site = Site(Path(out))
-    job = Job(loaded, data, config.layers or default_layers(loaded.model), config, site)
+    job = Job(loaded, data, config.layers or default_layers(loaded.model), config, site, progress)
     site.out.mkdir(parents=True, exist_ok=True)
     wanted = [name for name in STAGES if name not in config.skip]
     bar = tqdm(wanted, desc="atlas", unit="stage", disable=not progress)
     for name in bar:
         bar.set_postfix(stage=name)
         finished = site.marker(name)
-        if resume and finished is not None and finished.get("settings") == job.settings:
+        if resume and finished is not None and finished.get("settings") == job.settings(name):
             continue
-        site.mark(name, {**STAGES[name](job), "settings": job.settings})
+        site.mark(name, {**STAGES[name](job), "settings": job.settings(name)})
     write_pages(job)
     return site.out / "index.html"

@@ -70,7 +70,7 @@ def unit_page(job: Job, layer: str, c: int, top: TopK, done: dict) -> None:
         file=safe_name(layer),
         dead=c in _dead(done, layer),
         sources=_sources(job, top, c),
-        synthesis=done["synthesis"] is not None,
+        synthesis=done["synthesis"],
         evolution=(done["evolution"] or {}).get("labels"),
         filter=job.site.unit_image(layer, c, "filter").exists(),
         previous=job.site.unit_page(layer, c - 1) if c > 0 else None,

@@ -9,22 +9,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from convlens._io import safe_name, write_json
 from convlens.models.loading import LoadedModel
+
+SYNTHESIS_MODES = ("unit", "full")
 
 
 @dataclass(frozen=True)
 class AtlasConfig:
     """What goes into the atlas: `layers` (default: every conv layer's rectified output),
     `images` sample images with their own pages, `skip` stages left out, `checkpoints` weight
-    files for the evolution (default: the built-in model's epoch checkpoints when present)."""
+    files for the evolution (default: the built-in model's epoch checkpoints when present),
+    `synthesis` "unit" (each unit's image covers its receptive field, `synthesize_units`) or
+    "full" (an input-sized image maximising the channel's mean); `synthesis_steps` None means
+    the mode's own (`UNIT_STEPS` at learning rate `UNIT_LR`, or the full mode's 256)."""
+
+    def __post_init__(self) -> None:
+        if self.synthesis not in SYNTHESIS_MODES:
+            raise ValueError(f"synthesis must be one of {SYNTHESIS_MODES}, got {self.synthesis!r}")
 
     layers: list[str] | None = None
     images: int = 10
     skip: Sequence[str] = ()
     checkpoints: list[str] = field(default_factory=list)
-    synthesis_steps: int = 256
+    synthesis: str = "unit"
+    synthesis_steps: int | None = None
     embed: int = 1600
     data_description: str = ""
 
@@ -78,14 +89,21 @@ class Job:
     layers: list[str]
     config: AtlasConfig
     site: Site
+    progress: bool = True
 
-    @property
-    def settings(self) -> dict:
-        """What a finished stage must have been built with to be reused on resume."""
-        return {
+    def bar(self, items: Sequence, what: str) -> tqdm:
+        """A progress bar with an ETA over one stage's work (off when `progress` is)."""
+        return tqdm(items, desc=what, leave=False, disable=not self.progress)
+
+    def settings(self, stage: str) -> dict:
+        """What a finished `stage` must have been built with to be reused on resume."""
+        common = {
             "model": self.loaded.spec,
             "weights": str(self.loaded.weights),
             "data": self.config.data_description,
             "layers": self.layers,
             "images": self.config.images,
         }
+        if stage == "synthesis":
+            common |= {"mode": self.config.synthesis, "steps": self.config.synthesis_steps}
+        return common

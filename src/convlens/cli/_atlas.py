@@ -9,6 +9,7 @@ from torch.utils.data import Dataset
 
 from convlens._paths import default_model_dir, epoch_checkpoints
 from convlens.atlas import SKIPPABLE, AtlasConfig, write_atlas
+from convlens.atlas.site import SYNTHESIS_MODES
 from convlens.cli._inputs import load, load_spec, open_checked
 from convlens.cli._options import (
     choices_list,
@@ -41,6 +42,13 @@ def _report_options(parser: argparse.ArgumentParser) -> None:
         help="weight files for feature evolution (default: the built-in model's epochs)",
     )
     parser.add_argument(
+        "--synthesis",
+        choices=SYNTHESIS_MODES,
+        default="unit",
+        help="unit: each unit's image covers its receptive field, all units of a layer in one "
+        "batch (fast); full: an input-sized image per channel (slow without a GPU)",
+    )
+    parser.add_argument(
         "--resume", action="store_true", help="reuse finished stages of an earlier run"
     )
 
@@ -58,6 +66,7 @@ def _write_atlas(loaded: LoadedModel, data: Dataset, args: argparse.Namespace) -
         images=args.images,
         skip=args.skip,
         checkpoints=checkpoints,
+        synthesis=args.synthesis,
         data_description=args.data,
     )
     data = with_transform(data, loaded.transform)

@@ -20,11 +20,12 @@ _TEMPLATES = Environment(
 
 
 def write_png(path: str | Path, image: np.ndarray) -> Path:
-    """Save a uint8 (H, W, 3) or (H, W) array as a compressed PNG."""
+    """Save a uint8 (H, W, 3) or (H, W) array as a PNG (zlib level 6: Pillow's `optimize`
+    made files 1 % smaller at 2.5x the time, and an atlas writes thousands)."""
     if image.dtype != np.uint8:
         raise TypeError(f"write_png takes uint8 arrays (render them first), got {image.dtype}")
     return replace_atomically(
-        path, lambda p: Image.fromarray(image).save(p, format="PNG", optimize=True)
+        path, lambda p: Image.fromarray(image).save(p, format="PNG", compress_level=6)
     )
 
 

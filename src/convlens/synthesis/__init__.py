@@ -20,10 +20,12 @@ from convlens.synthesis.objectives import (
 )
 from convlens.synthesis.optimize import Synthesis, synthesize, total_variation
 from convlens.synthesis.presets import PRESETS, Preset
+from convlens.synthesis.units import Canvas, synthesize_units, unit_canvas
 
 __all__ = [
     "PRESETS",
     "AdversarialAccuracy",
+    "Canvas",
     "Fooling",
     "Inversion",
     "Objective",
@@ -41,5 +43,7 @@ __all__ = [
     "iterative_fgsm",
     "neuron",
     "synthesize",
+    "synthesize_units",
     "total_variation",
+    "unit_canvas",
 ]

@@ -124,8 +124,11 @@ def channel(layer: str, index: int | Sequence[int]) -> Objective:
     return Objective(evaluate, frozenset({layer}), name=f"{layer}:{index}")
 
 
-def neuron(layer: str, index: int, y: int | None = None, x: int | None = None) -> Objective:
-    """One activation of a feature map: position (y, x), by default the centre of the map."""
+def neuron(
+    layer: str, index: int | Sequence[int], y: int | None = None, x: int | None = None
+) -> Objective:
+    """One activation of a feature map: position (y, x), by default the centre of the map; with
+    a sequence of channels, image i maximises the neuron of channel index[i]."""
 
     def evaluate(acts: dict[str, torch.Tensor], _logits: torch.Tensor | None) -> torch.Tensor:
         values = _feature_map(acts, layer, index)

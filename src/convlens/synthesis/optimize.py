@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -17,6 +18,7 @@ from convlens.hooks import Captured, capture, model_device, preserved_state
 from convlens.models.loading import LoadedModel
 from convlens.models.preprocess import Preprocess
 from convlens.render import signed_stretch
+from convlens.rules import backward_rule
 from convlens.synthesis import transforms as T
 from convlens.synthesis.objectives import Objective, as_objective, diversity
 from convlens.synthesis.parameterization import FourierImage, PixelImage
@@ -77,11 +79,11 @@ def build_transforms(preset: Preset, prep: Preprocess, device: torch.device) -> 
     black = prep.normalize(torch.zeros((prep.channels, 1, 1), device=device)).flatten()
 
     def pixels(amount: int) -> int:
-        return max(1, round(amount * min(prep.size[0], REFERENCE_SIDE) / REFERENCE_SIDE))
+        return round(amount * min(prep.size[0], REFERENCE_SIDE) / REFERENCE_SIDE)
 
     makers = {
-        "pad": lambda width: T.pad(pixels(width), grey),
-        "jitter": lambda shift: T.jitter(pixels(shift)),
+        "pad": lambda width: T.pad(pixels(width), grey),  # none below 10 pixels
+        "jitter": lambda shift: T.jitter(max(1, pixels(shift))),  # jitter 1 is no shift
         "scale": T.random_scale,
         "rotate": lambda degrees: T.random_rotate(degrees, black),
     }
@@ -107,6 +109,8 @@ def synthesize(
     seed: int = 0,
     diversity_weight: float = 0.0,
     preprocess: Preprocess | None = None,
+    redirect_relu: bool = False,
+    fast: bool = False,
     progress: bool = False,
     **overrides: object,
 ) -> Synthesis:
@@ -124,6 +128,9 @@ def synthesize(
             upsampled to the input size before the forward.
         n: images per objective; with `diversity_weight`, the n images are pushed apart.
         preprocess: the model's normalisation when `model` is a bare module.
+        redirect_relu: Lucid's redirected ReLU gradient (`convlens.rules`): an image whose unit
+            is silent at the start still gets a gradient.
+        fast: run the model in bfloat16 (autocast; the image and optimiser stay float32).
     """
     module, prep = resolve_model(model, preprocess)
     preset = preset_named(preset, steps=steps, **overrides)
@@ -134,6 +141,8 @@ def synthesize(
         capture(
             module, sorted(objective.layers), detach=False, stop=not objective.needs_logits
         ) as acts,
+        backward_rule("redirected", whole=False) if redirect_relu else nullcontext(),
+        torch.autocast(model_device(module).type, dtype=torch.bfloat16, enabled=fast),
     ):
         try:
             for step in tqdm(range(preset.steps), desc="synthesize", disable=not progress):

@@ -1,0 +1,112 @@
+"""Unit-sized synthesis: for every unit of a layer at once, an image just large enough to hold the
+receptive field of the map's centre position, optimised to excite that one neuron (as Zeiler &
+Fergus show receptive-field patches). On a 224-pixel model a first-layer unit gets a 13-pixel
+image instead of a 224-pixel one, and the forward stops at the unit's layer."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from convlens.hooks import capture, model_device, preserved_state
+from convlens.models.layers import ReceptiveField, receptive_field
+from convlens.models.loading import LoadedModel
+from convlens.models.preprocess import Preprocess
+from convlens.synthesis.objectives import neuron
+from convlens.synthesis.optimize import Synthesis, resolve_model, synthesize
+from convlens.synthesis.presets import Preset
+
+
+@dataclass(frozen=True)
+class Canvas:
+    """The input side for a layer's unit images and the map position (y, x) whose receptive
+    field that input holds whole (the model's own input size and its centre position when the
+    receptive field is larger)."""
+
+    side: int
+    y: int
+    x: int
+
+
+def unit_canvas(model: nn.Module, layer: str, input_size: tuple[int, int, int]) -> Canvas:
+    """The smallest square input holding the receptive field of one position of `layer`.
+
+    Example:
+        >>> unit_canvas(torchvision.models.alexnet(), "features.1", (3, 224, 224))  # doctest: +SKIP
+        Canvas(side=13, y=1, x=1)
+    """
+    field = receptive_field(model, layer, input_size)
+    full = min(input_size[-2:])
+    y, start = _first_whole(field, 0)
+    x, left = _first_whole(field, 1)
+    side = max(start + field.size[0], left + field.size[1])
+    while side < full:
+        shape = _map_shape(model, layer, input_size[0], side)
+        if shape is not None and y < shape[0] and x < shape[1]:
+            return Canvas(side, y, x)
+        side += max(field.stride)
+    shape = _map_shape(model, layer, input_size[0], full)
+    return Canvas(full, shape[0] // 2, shape[1] // 2)
+
+
+def _first_whole(field: ReceptiveField, axis: int) -> tuple[int, int]:
+    """The first position along `axis` whose receptive field starts inside the image, and where
+    that field starts."""
+    position = max(0, math.ceil(-field.offset[axis] / field.stride[axis]))
+    return position, field.offset[axis] + position * field.stride[axis]
+
+
+def _map_shape(model: nn.Module, layer: str, channels: int, side: int) -> tuple[int, int] | None:
+    """(h, w) of `layer`'s map for a side x side input, or None when the model cannot run on it."""
+    x = torch.zeros(1, channels, side, side, device=model_device(model))
+    try:
+        with preserved_state(model), capture(model, [layer], stop=True) as acts, torch.no_grad():
+            acts.forward(x)
+    except RuntimeError:  # too small for some layer before this one
+        return None
+    output = acts[layer]
+    return tuple(output.shape[-2:]) if output.dim() == 4 else None
+
+
+def synthesize_units(
+    model: nn.Module | LoadedModel,
+    layer: str,
+    channels: Sequence[int],
+    *,
+    preset: str | Preset = "lucid",
+    steps: int | None = None,
+    seed: int = 0,
+    preprocess: Preprocess | None = None,
+    fast: bool = False,
+    progress: bool = False,
+    **overrides: object,
+) -> tuple[Synthesis, Canvas]:
+    """One image per channel of `layer`, all optimised as one batch, each maximising the neuron
+    of its channel at the canvas position (`unit_canvas`) on an input of the canvas side.
+
+    Example:
+        >>> made, canvas = synthesize_units(loaded, "features.4", range(192))  # doctest: +SKIP
+        >>> made.images.shape  # 192 images of 51 + padding pixels instead of 224
+    """
+    module, prep = resolve_model(model, preprocess)
+    canvas = unit_canvas(module, layer, (prep.channels, *prep.size))
+    sized = replace(prep, size=(canvas.side, canvas.side), resize=None)
+    objective = neuron(layer, list(channels), canvas.y, canvas.x)
+    made = synthesize(
+        module,
+        objective,
+        preset=preset,
+        steps=steps,
+        n=len(channels),
+        seed=seed,
+        preprocess=sized,
+        redirect_relu=True,
+        fast=fast,
+        progress=progress,
+        **overrides,
+    )
+    return made, canvas
