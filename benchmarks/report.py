@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -151,6 +152,7 @@ def run_stages(
             "layers": job.layers,
             "atlas_mb": round(sum(p.stat().st_size for p in files) / 2**20, 1),
             "pages": sum(p.suffix == ".html" for p in files),
+            "load_average": [round(x, 2) for x in os.getloadavg()],
         }
     )
 
@@ -184,7 +186,8 @@ def compare_synthesis(name: str, loaded: LoadedModel, args: argparse.Namespace) 
     unit_steps = args.synthesis_steps or UNIT_STEPS
     full_steps = args.synthesis_steps or FULL_STEPS
     shapes = {
-        info.name: info.output_shape for info in trace_layers(loaded.model, loaded.input_size)
+        layer: info.output_shape
+        for layer, info in trace_layers(loaded.model, loaded.input_size).items()
     }
     totals = {"unit": 0.0, "unit_fast": 0.0, "full": 0.0}
     for layer in default_layers(loaded.model):

@@ -156,3 +156,41 @@ def test_a_small_unlabelled_dataset_gets_notes_instead_of_broken_sections(tmp_pa
     for page in tmp_path.glob("*.html"):
         for link in local_links(page):
             assert (tmp_path / link).is_file(), (page.name, link)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+def test_two_gloo_processes_under_torchrun_write_the_one_process_atlas(tmp_path):
+    """Same files, same pages, the same scan; every image and array equal (the one-process atlas
+    is built with one thread per process, as torchrun runs each rank: optimisations amplify the
+    last-bit differences of another thread count)."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    if not DEBIAN_DIR.exists():
+        pytest.skip("needs Debian's dataset-fashion-mnist")
+    worker = str(Path(__file__).parent / "atlas_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run([sys.executable, worker, str(one)], check=True, env=env, timeout=600)
+    command = ["torchrun", "--standalone", "--nnodes=1", "--nproc-per-node=2", worker, str(two)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    files = sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(two) for p in two.rglob("*") if p.is_file())
+    for name in files:
+        a, b = one / name, two / name
+        if name.suffix == ".html":
+            assert a.read_text() == b.read_text(), name
+        elif name.suffix == ".png":
+            assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b))), name
+        elif name.suffix == ".npz":
+            x, y = np.load(a), np.load(b)
+            for key in x.files:
+                np.testing.assert_allclose(x[key], y[key], atol=1e-6, err_msg=f"{name} {key}")
+    first, second = load_file(one / "scan.safetensors"), load_file(two / "scan.safetensors")
+    assert all(torch.equal(first[key], second[key]) for key in first)

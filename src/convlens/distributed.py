@@ -12,6 +12,35 @@ import torch
 from convlens.topk import FIELDS, ScanResult, TopK, merge_topk
 
 
+def current_shard() -> tuple[int, int]:
+    """(rank, world) of this process when torch.distributed is initialised, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def barrier() -> None:
+    """Wait for every rank (nothing to wait for in a single process)."""
+    import torch.distributed as dist
+
+    if current_shard()[1] > 1:
+        dist.barrier()
+
+
+def gather_objects(value: object) -> list[object]:
+    """Every rank's `value`, in rank order, on every rank ([value] in a single process)."""
+    import torch.distributed as dist
+
+    world = current_shard()[1]
+    if world == 1:
+        return [value]
+    gathered: list[object] = [None] * world
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
 @contextmanager
 def sharded() -> Iterator[tuple[int, int]]:
     """(rank, world) from torchrun's environment; (0, 1) for a single process. With more than

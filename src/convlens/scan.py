@@ -86,8 +86,9 @@ def fingerprint(model: nn.Module) -> str:
     for name, tensor in model.state_dict().items():
         flat = tensor.detach().flatten()
         sample = flat[:: max(1, flat.numel() // 4096)].cpu().contiguous()
-        values = flat.float() if flat.is_floating_point() else flat.double()
-        summary = f"{values.sum().item()!r}{torch.linalg.vector_norm(values).item()!r}"
+        values = flat.double()  # rounded: the same whatever the reduction order (threads)
+        norm = torch.linalg.vector_norm(values).item()
+        summary = f"{norm:.12g}{values.sum().item() / max(norm, 1e-300):.9f}"
         digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}{summary}".encode())
         digest.update(sample.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]

@@ -10,7 +10,8 @@ from tqdm.auto import tqdm
 
 from convlens.atlas.pages import write_pages
 from convlens.atlas.site import AtlasConfig, Job, Site
-from convlens.atlas.stages import STAGES
+from convlens.atlas.stages import STAGES, merge_records
+from convlens.distributed import barrier, current_shard, gather_objects
 from convlens.models.layers import default_layers
 from convlens.models.loading import LoadedModel
 
@@ -29,7 +30,8 @@ def write_atlas(
     Work happens in named stages; each finished stage leaves a marker in `.stages/`, so
     `resume=True` skips it when it was built with the same model, data, layers and images (files
     are written atomically, so an interrupted stage is simply redone). Pages are written last,
-    from what the stages left; a section whose stage did not run shows a note.
+    from what the stages left; a section whose stage did not run shows a note. Under torchrun
+    every rank takes its share of each stage's work and rank 0 writes the pages.
 
     Example:
         >>> write_atlas(cl.load_model("zfnet-fashion"), test_set, "atlas")  # doctest: +SKIP
@@ -37,15 +39,21 @@ def write_atlas(
     """
     config = config or AtlasConfig()
     site = Site(Path(out))
-    job = Job(loaded, data, config.layers or default_layers(loaded.model), config, site, progress)
+    rank, world = current_shard()
+    layers = config.layers or default_layers(loaded.model)
+    job = Job(loaded, data, layers, config, site, progress, rank, world)
     site.out.mkdir(parents=True, exist_ok=True)
     wanted = [name for name in STAGES if name not in config.skip]
-    bar = tqdm(wanted, desc="atlas", unit="stage", disable=not progress)
+    bar = tqdm(wanted, desc="atlas", unit="stage", disable=not progress or rank != 0)
     for name in bar:
         bar.set_postfix(stage=name)
         finished = site.marker(name)
-        if resume and finished is not None and finished.get("settings") == job.settings(name):
-            continue
-        site.mark(name, {**STAGES[name](job), "settings": job.settings(name)})
-    write_pages(job)
+        if not (resume and finished and finished.get("settings") == job.settings(name)):
+            record = merge_records(name, gather_objects(STAGES[name](job)))
+            if rank == 0:
+                site.mark(name, {**record, "settings": job.settings(name)})
+        barrier()  # the next stage reads what every rank wrote
+    if rank == 0:
+        write_pages(job)
+    barrier()
     return site.out / "index.html"

@@ -90,10 +90,16 @@ class Job:
     config: AtlasConfig
     site: Site
     progress: bool = True
+    rank: int = 0
+    world: int = 1
 
     def bar(self, items: Sequence, what: str) -> tqdm:
-        """A progress bar with an ETA over one stage's work (off when `progress` is)."""
-        return tqdm(items, desc=what, leave=False, disable=not self.progress)
+        """A progress bar with an ETA over one stage's work (on rank 0, unless `progress` is off)."""
+        return tqdm(items, desc=what, leave=False, disable=not self.progress or self.rank != 0)
+
+    def mine(self, items: Sequence) -> list:
+        """This rank's share of a stage's independent work items (all of them in one process)."""
+        return list(items)[self.rank :: self.world]
 
     def settings(self, stage: str) -> dict:
         """What a finished `stage` must have been built with to be reused on resume."""

@@ -24,6 +24,7 @@ from convlens.analysis.invariance import invariance
 from convlens.atlas.site import Job
 from convlens.attribution import deconvnet, guided_backprop, saliency
 from convlens.data.select import is_labelled, item, one_per_class, take
+from convlens.distributed import gather_shards
 from convlens.embedding import embed, nearest_neighbours
 from convlens.models.layers import conv_layers, receptive_field, trace_layers
 from convlens.occlusion import default_geometry, occlusion, strongest_projection
@@ -66,6 +67,26 @@ def stage(name: str, *, skippable: bool = False) -> Callable[[Stage], Stage]:
     return register
 
 
+def merge_records(stage: str, records: list[dict]) -> dict:
+    """One record from every rank's record of `stage` (in rank order): the image pages of all
+    ranks in the one-process order, the unit image sizes of all layers, else rank 0's."""
+    first = records[0]
+    if stage == "images":
+        counts = [len(record["pages"]) for record in records]
+        return {"pages": [records[r]["pages"][k] for r, k in _interleaved(counts)]}
+    if stage == "synthesis":
+        counts = [len(record["sides"]) for record in records]
+        dealt = [list(record["sides"].items()) for record in records]
+        return {**first, "sides": dict(dealt[r][k] for r, k in _interleaved(counts))}
+    return first
+
+
+def _interleaved(counts: list[int]) -> list[tuple[int, int]]:
+    """(rank, k) in the order `Job.mine` dealt items out: item i went to rank i % world."""
+    world = len(counts)
+    return [(i % world, i // world) for i in range(sum(counts))]
+
+
 def scan_result(job: Job) -> ScanResult:
     """The result the scan stage saved."""
     return ScanResult.load(job.site.out / "scan.safetensors")
@@ -74,6 +95,8 @@ def scan_result(job: Job) -> ScanResult:
 @stage("summary")
 def summary(job: Job) -> dict:
     """Layer table with dead units, accuracy, filter grids and the first layer's filters."""
+    if job.rank != 0:
+        return {}
     model = job.loaded.model
     stats = dead_units(model, job.data, job.layers)
     convs = conv_layers(model)
@@ -100,14 +123,19 @@ def summary(job: Job) -> dict:
 @stage("scan")
 def scan_stage(job: Job) -> dict:
     """The top-9 dataset examples of every channel (resumable on its own)."""
+    state = "scan-state.safetensors" if job.world == 1 else f"scan-state-{job.rank}.safetensors"
     result = scan(
         job.loaded.model,
         job.data,
         job.layers,
-        checkpoint=job.site.out / "scan-state.safetensors",
+        checkpoint=job.site.out / state,
+        shard=(job.rank, job.world),
         description={"model": job.loaded.spec, "data": job.config.data_description},
     )
-    result.save(job.site.out / "scan.safetensors")
+    if job.world > 1:
+        result = gather_shards(result, 9)
+    if job.rank == 0:
+        result.save(job.site.out / "scan.safetensors")
     return {"layers": job.layers}
 
 
@@ -115,17 +143,16 @@ def scan_stage(job: Job) -> dict:
 def units(job: Job) -> dict:
     """Per channel: Fig. 2, its thumbnail (the patches) and the whole source images."""
     result, model = scan_result(job), job.loaded.model
-    for layer in job.layers:
-        top = result[layer]
-        field = receptive_field(model, layer, job.loaded.input_size)
-        for c in job.bar(range(top.values.shape[0]), f"top-9 of {layer}"):
-            examples = top_examples(model, job.data, top, layer, c, field)
-            figure = figures.top_examples_figure(job.loaded, examples)
-            write_png(job.site.unit_image(layer, c, "top9"), figure)
-            half = figure.shape[1] // 2
-            write_png(job.site.unit_image(layer, c, "thumb"), figure[:, half:][::2, ::2])
-            sources = figures.source_grid(job.loaded.transform.denormalize(examples.images))
-            write_png(job.site.unit_image(layer, c, "sources"), sources)
+    fields = {layer: receptive_field(model, layer, job.loaded.input_size) for layer in job.layers}
+    work = [(layer, c) for layer in job.layers for c in range(result[layer].values.shape[0])]
+    for layer, c in job.bar(job.mine(work), "top-9 images"):
+        examples = top_examples(model, job.data, result[layer], layer, c, fields[layer])
+        figure = figures.top_examples_figure(job.loaded, examples)
+        write_png(job.site.unit_image(layer, c, "top9"), figure)
+        half = figure.shape[1] // 2
+        write_png(job.site.unit_image(layer, c, "thumb"), figure[:, half:][::2, ::2])
+        sources = figures.source_grid(job.loaded.transform.denormalize(examples.images))
+        write_png(job.site.unit_image(layer, c, "sources"), sources)
     return {"layers": job.layers}
 
 
@@ -133,7 +160,7 @@ def units(job: Job) -> dict:
 def synthesis(job: Job) -> dict:
     """A synthesised image per unit (all units of a layer as one batch) and class models."""
     result, sizes = scan_result(job), {}
-    for layer in job.layers:
+    for layer in job.mine(job.layers):  # a layer is one batch: split by layer
         units = range(result[layer].values.shape[0])
         if job.config.synthesis == "unit":
             steps = job.config.synthesis_steps or UNIT_STEPS
@@ -152,12 +179,14 @@ def synthesis(job: Job) -> dict:
             )
         for c, image in enumerate(made.images):
             write_png(job.site.unit_image(layer, c, "synthesis"), render.picture(image, 96))
-    names = job.loaded.classes
-    classes = list(range(min(len(names), 10)))
-    models = synthesize(job.loaded, class_score(classes), preset="lucid", n=len(classes))
-    labels = [f"{c}: {names[c]}" for c in classes]
-    grid = save_synthesis(models, labels, job.site.img, "class-models").name
-    return {"classes": grid, "mode": job.config.synthesis, "sides": sizes}
+    record = {"mode": job.config.synthesis, "sides": sizes}
+    if job.rank == 0:
+        names = job.loaded.classes
+        classes = list(range(min(len(names), 10)))
+        models = synthesize(job.loaded, class_score(classes), preset="lucid", n=len(classes))
+        labels = [f"{c}: {names[c]}" for c in classes]
+        record["classes"] = save_synthesis(models, labels, job.site.img, "class-models").name
+    return record
 
 
 @stage("evolution", skippable=True)
@@ -168,14 +197,19 @@ def evolution_stage(job: Job) -> dict:
         return {"note": "no training checkpoints were given (--checkpoints)"}
     evo = evolution(checkpoints, job.data, job.layers, spec=job.loaded.spec)
     models = [loaded.model for loaded in loaded_checkpoints(evo, job.loaded.spec)]
-    for layer in job.layers:
-        field = receptive_field(models[0], layer, job.loaded.input_size)
-        for c in range(evo.results[0][layer].values.shape[0]):
-            projections = evolution_projections(evo, models, job.data, layer, c)
-            strip = figures.evolution_strip(
-                figures.evolution_tiles(projections, field), len(models)
-            )
-            write_png(job.site.unit_image(layer, c, "evolution"), strip)
+    fields = {
+        layer: receptive_field(models[0], layer, job.loaded.input_size) for layer in job.layers
+    }
+    work = [
+        (layer, c) for layer in job.layers for c in range(evo.results[0][layer].values.shape[0])
+    ]
+    for layer, c in job.bar(job.mine(work), "evolution strips"):
+        tiles = figures.evolution_tiles(
+            evolution_projections(evo, models, job.data, layer, c), fields[layer]
+        )
+        write_png(
+            job.site.unit_image(layer, c, "evolution"), figures.evolution_strip(tiles, len(models))
+        )
     return {"labels": [checkpoint_label(c) for c in checkpoints]}
 
 
@@ -183,7 +217,7 @@ def evolution_stage(job: Job) -> dict:
 def images(job: Job) -> dict:
     """A page per sample image: prediction, saliency, guided backprop, maps and projections per
     layer, occlusion."""
-    indices = one_per_class(job.data, job.config.images)
+    indices = job.mine(one_per_class(job.data, job.config.images))
     return {"pages": [image_page(job, i) for i in job.bar(indices, "image pages")]}
 
 
@@ -244,6 +278,8 @@ def layer_figures(job: Job, image: torch.Tensor, folder) -> list[dict]:
 @stage("embedding", skippable=True)
 def embedding(job: Job) -> dict:
     """t-SNE mosaic and scatter of the CNN codes, and nearest neighbours of five images."""
+    if job.rank != 0:
+        return {}
     count = int(np.sqrt(min(job.config.embed, len(job.data)))) ** 2
     if count <= TSNE_MINIMUM:
         return {
@@ -260,6 +296,8 @@ def embedding(job: Job) -> dict:
 @stage("invariance", skippable=True)
 def invariance_stage(job: Job) -> dict:
     """Fig. 5 for translation, scaling and rotation at the first and last layer."""
+    if job.rank != 0:
+        return {}
     if not is_labelled(job.data):
         return {"note": "invariance needs labelled images"}
     images, labels = take(job.data, one_per_class(job.data, 5))

@@ -22,6 +22,7 @@ from convlens.cli._options import (
 )
 from convlens.cli._registry import command
 from convlens.data.select import with_transform
+from convlens.distributed import sharded
 from convlens.models.loading import LoadedModel
 from convlens.models.zoo import BUILTIN_MODELS
 
@@ -70,7 +71,10 @@ def _write_atlas(loaded: LoadedModel, data: Dataset, args: argparse.Namespace) -
         data_description=args.data,
     )
     data = with_transform(data, loaded.transform)
-    page = write_atlas(loaded, data, args.out, config, resume=args.resume)
+    with sharded() as (rank, _):  # under torchrun every rank builds its share
+        page = write_atlas(loaded, data, args.out, config, resume=args.resume)
+    if rank != 0:
+        return
     size = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file()) / 2**20
     print(
         f"wrote {page} ({size:.1f} MB) in {time.perf_counter() - started:.0f} s; open it in a browser"
