@@ -26,6 +26,7 @@ from convlens.attribution import deconvnet, guided_backprop, saliency
 from convlens.data.select import is_labelled, item, one_per_class, take
 from convlens.distributed import gather_shards
 from convlens.embedding import embed, nearest_neighbours
+from convlens.hooks import model_device
 from convlens.models.layers import conv_layers, receptive_field, trace_layers
 from convlens.occlusion import default_geometry, occlusion, strongest_projection
 from convlens.report import figures, write_png, write_pngs
@@ -226,7 +227,7 @@ def image_page(job: Job, index: int) -> dict:
     model, folder = job.loaded.model, job.site.image_folder(index)
     image, label = item(job.data, index)
     with torch.no_grad():
-        probs = model(image[None]).softmax(dim=1)[0]
+        probs = model(image[None].to(model_device(model))).softmax(dim=1)[0].cpu()
     top = probs.topk(min(3, len(probs)))
     predicted = int(top.indices[0])
     attributions = {

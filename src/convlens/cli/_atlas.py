@@ -14,6 +14,7 @@ from convlens.cli._inputs import load, load_spec, open_checked
 from convlens.cli._options import (
     choices_list,
     data_option,
+    device_option,
     layers_option,
     model_options,
     names,
@@ -99,10 +100,11 @@ def _report(args: argparse.Namespace) -> None:
 
 def _demo_arguments(parser: argparse.ArgumentParser) -> None:
     _report_options(parser)
+    device_option(parser)
     out_option("convlens-demo")(parser)
 
 
 @command("demo", "train (or reuse) the built-in zfnet-fashion and write its atlas", _demo_arguments)
 def _demo(args: argparse.Namespace) -> None:
     data = open_checked(args.data)
-    _write_atlas(load_spec("zfnet-fashion"), data, args)
+    _write_atlas(load_spec("zfnet-fashion", device=args.device), data, args)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+import torch
 from torch.utils.data import Dataset
 
 from convlens import training
@@ -18,13 +19,32 @@ from convlens.models.loading import LoadedModel
 
 def load(args: argparse.Namespace) -> LoadedModel:
     """The model of `--model`/`--weights`/`--trust-pickle` (a missing built-in default is trained
-    once, as `cl.load_model` does)."""
-    return training.load_model(args.model, args.weights, trust_pickle=args.trust_pickle)
+    once, as `cl.load_model` does), on `--device`."""
+    check_device(args.device)
+    loaded = training.load_model(args.model, args.weights, trust_pickle=args.trust_pickle)
+    loaded.model.to(args.device)
+    return loaded
 
 
-def load_spec(spec: str, weights: str | None = None) -> LoadedModel:
-    """The model `spec` with `weights` (None: the built-in default, trained once if missing)."""
-    return training.load_model(spec, weights)
+def load_spec(spec: str, weights: str | None = None, device: str = "cpu") -> LoadedModel:
+    """The model `spec` with `weights` (None: the built-in default, trained once if missing),
+    on `device`."""
+    check_device(device)
+    loaded = training.load_model(spec, weights)
+    loaded.model.to(device)
+    return loaded
+
+
+def check_device(device: str) -> None:
+    """A ConvlensError when `device` is not available on this machine."""
+    kind, _, index = device.partition(":")
+    available = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available() and int(index or 0) < torch.cuda.device_count(),
+        "mps": torch.backends.mps.is_available(),
+    }[kind]
+    if not available:
+        raise ConvlensError(f"--device {device}: torch sees no such device on this machine")
 
 
 def open_checked(spec: str, indices: Sequence[int] | None = None) -> Dataset:

@@ -134,6 +134,14 @@ def _box(text: str) -> tuple[int, int, int, int]:
     return top, left, bottom, right
 
 
+def _device(text: str) -> str:
+    kind, _, index = text.partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (index and not index.isdigit()):
+        raise ValueError(text)
+    return text
+
+
+device = Converter("cpu, cuda, cuda:N or mps", _device, ("gpu", "cuda:x"))
 positive_int = int_range(1)
 non_negative_int = int_range(0)
 seed = int_range(0, 2**32 - 1)
@@ -190,6 +198,17 @@ def model_options(parser: argparse.ArgumentParser, *, positional: bool = False) 
         "--trust-pickle",
         action="store_true",
         help="allow unpickling a full module (runs code from the file: only for files you trust)",
+    )
+    device_option(parser)
+
+
+def device_option(parser: argparse.ArgumentParser) -> None:
+    """`--device`: where the model and all work go (cpu, cuda, cuda:N, mps)."""
+    parser.add_argument(
+        "--device",
+        type=device,
+        default="cpu",
+        help="cpu (default), cuda, cuda:N or mps: the model is moved there and all work follows it",
     )
 
 
