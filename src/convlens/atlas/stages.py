@@ -73,19 +73,17 @@ def merge_records(stage: str, records: list[dict]) -> dict:
     ranks in the one-process order, the unit image sizes of all layers, else rank 0's."""
     first = records[0]
     if stage == "images":
-        counts = [len(record["pages"]) for record in records]
-        return {"pages": [records[r]["pages"][k] for r, k in _interleaved(counts)]}
+        return {"pages": _dealt_back([record["pages"] for record in records])}
     if stage == "synthesis":
-        counts = [len(record["sides"]) for record in records]
-        dealt = [list(record["sides"].items()) for record in records]
-        return {**first, "sides": dict(dealt[r][k] for r, k in _interleaved(counts))}
+        sides = _dealt_back([list(record["sides"].items()) for record in records])
+        return {**first, "sides": dict(sides)}
     return first
 
 
-def _interleaved(counts: list[int]) -> list[tuple[int, int]]:
-    """(rank, k) in the order `Job.mine` dealt items out: item i went to rank i % world."""
-    world = len(counts)
-    return [(i % world, i // world) for i in range(sum(counts))]
+def _dealt_back(shares: list[list]) -> list:
+    """Undo `Job.mine`: item i of the whole went to rank i % world as its (i // world)-th."""
+    world = len(shares)
+    return [shares[i % world][i // world] for i in range(sum(map(len, shares)))]
 
 
 def scan_result(job: Job) -> ScanResult:
