@@ -2,7 +2,8 @@
 
 Zeiler & Fergus (2014) and the methods beside it for any PyTorch CNN: filters, feature maps,
 receptive fields, deconvnet projections, top-k dataset examples, occlusion, saliency, synthesis,
-embeddings, training dynamics and a browsable HTML atlas.
+class activation maps (Grad-CAM family), integrated gradients, noise tunnels, embeddings,
+training dynamics and a browsable HTML atlas.
 
 Example:
     >>> import convlens as cl
@@ -18,7 +19,20 @@ from convlens.analysis.correspondence import Correspondence, correspondence
 from convlens.analysis.evolution import Evolution, evolution
 from convlens.analysis.invariance import Invariance, invariance
 from convlens.atlas import AtlasConfig, write_atlas
-from convlens.attribution import deconvnet, gradient, guided_backprop, saliency
+from convlens.attribution import (
+    AttributionMap,
+    deconvnet,
+    grad_cam,
+    grad_cam_plus_plus,
+    gradient,
+    guided_backprop,
+    guided_grad_cam,
+    integrated_gradients,
+    layer_cam,
+    noise_tunnel,
+    saliency,
+    score_cam,
+)
 from convlens.embedding import Neighbours, codes, grid_layout, nearest_neighbours, tsne
 from convlens.hooks import capture
 from convlens.models.layers import LayerInfo, ReceptiveField, receptive_field, trace_layers
@@ -34,6 +48,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AtlasConfig",
+    "AttributionMap",
     "ConvlensError",
     "Correspondence",
     "DeadUnits",
@@ -60,17 +75,24 @@ __all__ = [
     "fgsm",
     "filter_rms",
     "fooling_image",
+    "grad_cam",
+    "grad_cam_plus_plus",
     "gradient",
     "grid_layout",
     "guided_backprop",
+    "guided_grad_cam",
+    "integrated_gradients",
     "invariance",
     "invert",
+    "layer_cam",
     "load_model",
     "nearest_neighbours",
+    "noise_tunnel",
     "occlusion",
     "receptive_field",
     "saliency",
     "scan",
+    "score_cam",
     "synthesis",
     "synthesize",
     "synthesize_units",

@@ -98,6 +98,30 @@ class Captured(dict):
             return None
 
 
+def _kept(
+    name: str,
+    output: object,
+    detach: bool,
+    reduce: Callable[[torch.Tensor], object] | None,
+    leaf: bool,
+) -> tuple[object, torch.Tensor | None]:
+    """What `capture` keeps of a layer's output, and the output the forward goes on with (None:
+    unchanged)."""
+    tensor = first_tensor(output)
+    if tensor is None:
+        raise ConvlensError(f"layer {name!r} returned no tensor; choose another layer")
+    if leaf:
+        if not isinstance(output, torch.Tensor):
+            raise ConvlensError(
+                f"layer {name!r} returns a {type(output).__name__}, not a tensor; choose another layer"
+            )
+        held = tensor.detach().requires_grad_(True)
+        return held, held.clone()
+    if reduce is not None:
+        return reduce(tensor.detach() if detach else tensor), None
+    return (tensor.detach().clone() if detach else tensor.clone()), None
+
+
 @contextmanager
 def capture(
     model: nn.Module,
@@ -106,6 +130,7 @@ def capture(
     detach: bool = True,
     stop: bool = False,
     reduce: Callable[[torch.Tensor], object] | None = None,
+    leaf: bool = False,
 ) -> Iterator[Captured]:
     """Record the output of each named layer during the forward passes run inside the block.
 
@@ -114,6 +139,10 @@ def capture(
     ReLU) is refused, because "its output" would be ambiguous. With `stop`, `captured.forward(x)`
     ends the forward as soon as every layer is captured (their first call counts). With
     `reduce`, what is kept is `reduce(output)`, computed at once (no clone of the whole map).
+    With `leaf`, each captured output becomes a leaf that requires grad and the rest of the
+    forward runs on a copy of it: a backward from the model's output then ends at the captured
+    layers (gradients with respect to their outputs, nothing below them is differentiated) and
+    later in-place ops leave the captured values intact.
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(inplace=True))
@@ -130,7 +159,7 @@ def capture(
         calls.clear()
 
     def recorder(name: str):
-        def hook(_module: nn.Module, _inputs: object, output: object) -> None:
+        def hook(_module: nn.Module, _inputs: object, output: object) -> torch.Tensor | None:
             calls[name] = calls.get(name, 0) + 1
             if calls[name] > 1:
                 raise ConvlensError(
@@ -138,15 +167,10 @@ def capture(
                     "its output is ambiguous; choose the block that contains it or a module "
                     "called once"
                 )
-            tensor = first_tensor(output)
-            if tensor is None:
-                raise ConvlensError(f"layer {name!r} returned no tensor; choose another layer")
-            if reduce is not None:
-                captured[name] = reduce(tensor.detach() if detach else tensor)
-            else:
-                captured[name] = tensor.detach().clone() if detach else tensor.clone()
+            captured[name], replaced = _kept(name, output, detach, reduce, leaf)
             if stop and len(calls) == len(modules):
                 raise _StopForward
+            return replaced
 
         return hook
 

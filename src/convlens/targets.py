@@ -75,3 +75,17 @@ def class_indices(target: Target, count: int, classes: int) -> torch.Tensor:
             f"target class out of range: the model has {classes} outputs (0..{classes - 1})"
         )
     return indices
+
+
+def select_targets(target: Target, count: int, indices: torch.Tensor) -> Target:
+    """The targets of images `indices` out of `count`: a list of Units, or a tensor of classes
+    (range-checked later, against the model's outputs)."""
+    units = target_units(target, count)
+    if units is not None:
+        return [units[i] for i in indices.tolist()]
+    classes = torch.as_tensor(target).long().flatten()
+    if classes.numel() == 1:
+        classes = classes.expand(count)
+    if classes.numel() != count:
+        raise ValueError(f"{classes.numel()} targets for {count} images")
+    return classes[indices.cpu()]
