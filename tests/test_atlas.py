@@ -76,6 +76,18 @@ def test_resume_skips_finished_stages(atlas):
     )
 
 
+def test_image_pages_show_five_attributions_on_one_scale_and_each_on_its_own(atlas):
+    import numpy as np
+    from PIL import Image
+
+    folder = atlas / "img" / "image-0"
+    row = np.asarray(Image.open(folder / "methods.png"))
+    assert row.shape[1] > 6 * 140 and row.std() > 10  # the image and five maps, not blank
+    for name in ("saliency-overlay", "guided", "gradcam-overlay", "guided-gradcam", "ig"):
+        assert np.asarray(Image.open(folder / f"{name}.png")).std() > 1, name
+        assert f"{name}.png" in (atlas / "image-0.html").read_text()
+
+
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium")
 def test_a_browser_finds_every_image_and_link_working(atlas):
     sync_api = pytest.importorskip("playwright.sync_api")

@@ -184,3 +184,74 @@ def test_occlude_rejects_a_window_larger_than_the_image(cache, tmp_path, capsys)
     code = main(["occlude", "--image", "sample:coffee", "--window", "40", "--stride", "2"])
     assert code == 2
     assert "window 40 does not fit the 28x28 image" in capsys.readouterr().err
+
+
+def test_attribute_draws_several_methods_side_by_side_and_reports_the_layer_and_gap(
+    cache, tmp_path, capsys
+):
+    import convlens as cl
+    from convlens.data import open_image
+
+    cache_random_default()
+    out = tmp_path / "several"
+    methods = "gradcam,gradcam++,ig,guided"
+    args = ["attribute", "--method", methods, "--image", "sample:coffee", "--target", "3"]
+    assert main([*args, "--steps", "20", "--shared-scale", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "gradcam: layer features.13" in printed and "completeness gap" in printed
+    loaded = cl.load_model("zfnet-fashion")
+    image = loaded.transform(open_image("sample:coffee"))[None]
+    expected = cl.grad_cam_plus_plus(loaded.model, image, 3)[0]
+    saved = np.load(out / "gradcam-plus-plus.npz")["gradcam++"]
+    np.testing.assert_allclose(saved, expected.numpy(), atol=1e-6)
+    attribution, gap = cl.integrated_gradients(loaded.model, image, 3, steps=20, return_delta=True)
+    ig = np.load(out / "ig.npz")
+    np.testing.assert_allclose(ig["ig"], attribution[0].numpy(), atol=1e-6)
+    assert f"completeness gap {float(gap[0]):+.4f}" in printed
+    row = np.asarray(Image.open(out / "methods.png"))
+    assert row.shape[1] > 4 * 224 and row.std() > 10
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (
+            ["--method", "guided", "--layer", "features.13"],
+            "--layer applies to the class activation maps only",
+        ),
+        (["--method", "gradcam", "--steps", "9"], "--steps applies to ig only"),
+        (["--method", "gradient", "--sigma", "0.2"], "--sigma applies to --smooth"),
+        (["--method", "scorecam", "--unit", "features.9:2"], "use --target, not --unit"),
+        (["--method", "gradcam", "--layer", "features.133"], "closest: 'features.13'"),
+    ],
+)
+def test_attribute_refuses_options_that_do_not_apply_before_any_output(
+    cache, tmp_path, capsys, extra, message
+):
+    cache_random_default()
+    out = tmp_path / "refused"
+    assert main(["attribute", "--image", "sample:coffee", *extra, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_attribute_smooths_through_the_noise_tunnel(cache, tmp_path, capsys):
+    import convlens as cl
+    from convlens.data import open_image
+
+    cache_random_default()
+    out = tmp_path / "smooth"
+    args = ["--method", "gradcam", "--smooth", "4", "--sigma", "0.1", "--kind", "vargrad"]
+    assert (
+        main(["attribute", "--image", "sample:coffee", "--target", "2", *args, "--out", str(out)])
+        == 0
+    )
+    loaded = cl.load_model("zfnet-fashion")
+    image = loaded.transform(open_image("sample:coffee"))[None]
+    expected = cl.noise_tunnel(
+        "gradcam", loaded.model, image, 2, samples=4, sigma=0.1, kind="vargrad", seed=0
+    )
+    np.testing.assert_allclose(
+        np.load(out / "gradcam.npz")["gradcam"], expected[0].numpy(), atol=1e-6
+    )

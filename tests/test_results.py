@@ -62,6 +62,14 @@ def cases(made) -> dict:
         "save_filters": ({layer: conv_weight(model, layer) for layer in cl.conv_layers(model)},),
         "save_feature_maps": (layer_maps(model, image, layers),),
         "save_attribution": (loaded, image, "guided", cl.guided_backprop(model, images[:1], 3)[0]),
+        "save_attribution_row": (
+            loaded,
+            image,
+            {
+                "gradcam": cl.grad_cam(model, images[:1], 3)[0],
+                "ig": cl.integrated_gradients(model, images[:1], 3)[0],
+            },
+        ),
         "save_occlusion": (
             loaded,
             image,

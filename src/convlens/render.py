@@ -82,6 +82,11 @@ def heatmap(values: torch.Tensor) -> np.ndarray:
     return HEAT_LUT[index]
 
 
+def heat_bar(width: int, height: int = 10) -> np.ndarray:
+    """The heat map's colour scale, dark (left, 0) to bright (right, 1), as a strip."""
+    return heatmap(torch.linspace(0, 1, width).expand(height, width))
+
+
 def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.55) -> np.ndarray:
     """Blend a heat map over a uint8 image of the same size."""
     blended = (1 - alpha) * image.astype(np.float32) + alpha * heat.astype(np.float32)
@@ -184,6 +189,15 @@ def side_by_side(images: list[np.ndarray], gap: int = 8) -> np.ndarray:
     return canvas
 
 
+def stacked(images: list[np.ndarray], gap: int = 6) -> np.ndarray:
+    """Images placed top to bottom, left-aligned on white."""
+    width = max(image.shape[1] for image in images)
+    rows = [
+        np.pad(i, ((0, gap), (0, width - i.shape[1]), (0, 0)), constant_values=255) for i in images
+    ]
+    return np.concatenate(rows)[:-gap] if gap else np.concatenate(rows)
+
+
 def signed_image(attribution: torch.Tensor, size: int = 224) -> np.ndarray:
     """A signed (C, H, W) map (deconvnet projection, gradient) for display: contrast-stretched
     around zero (grey is zero) so that the 99.5th percentile of |value| reaches black or white,
@@ -193,12 +207,25 @@ def signed_image(attribution: torch.Tensor, size: int = 224) -> np.ndarray:
 
 
 def saliency_images(
-    values: torch.Tensor, image: torch.Tensor, size: int = 224
+    values: torch.Tensor, image: torch.Tensor, size: int = 224, top: float | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A saliency map (H, W) as a heat map, and as a heat map laid over the [0, 1] image (C, H, W)."""
+    """A non-negative map (H, W) (saliency, a class activation map) as a heat map, and as a heat
+    map laid over the [0, 1] image (C, H, W). The colour scale runs from the map's minimum to
+    its maximum, or from 0 to `top` (values above it saturate) when given."""
     factor = display_scale(values.shape[-1], size)
-    heat = heatmap(enlarge(minmax(values.detach().float().cpu()), factor))
+    values = values.detach().float().cpu()
+    scaled = minmax(values) if top is None else values / max(top, 1e-30)
+    heat = heatmap(enlarge(scaled, factor))
     return heat, overlay(to_uint8(enlarge(image.detach().float().cpu(), factor)), heat)
+
+
+def mass_share(values: torch.Tensor) -> torch.Tensor:
+    """Each pixel's share of a map's total |value| (summed over channels for (C, H, W)): a unit-
+    free (H, W) map summing to 1, so maps of different methods can share one colour scale."""
+    magnitude = values.detach().float().cpu().abs()
+    magnitude = magnitude.sum(0) if magnitude.dim() == 3 else magnitude
+    total = float(magnitude.sum())
+    return magnitude / total if total > 0 else magnitude
 
 
 def picture(image: torch.Tensor, size: int = 224) -> np.ndarray:
@@ -314,12 +341,7 @@ def labelled_tiles(
         for image, label in zip(images, labels)
     ]
     rows = [side_by_side(tiles[i : i + columns], gap=4) for i in range(0, len(tiles), columns)]
-    width = max(row.shape[1] for row in rows)
-    padded = [
-        np.pad(row, ((0, 4), (0, width - row.shape[1]), (0, 0)), constant_values=255)
-        for row in rows
-    ]
-    return np.concatenate(padded, axis=0)
+    return stacked(rows, gap=4)
 
 
 def mosaic(tiles: torch.Tensor, layout: np.ndarray, tile: int = 28) -> np.ndarray:
@@ -336,58 +358,3 @@ def mosaic(tiles: torch.Tensor, layout: np.ndarray, tile: int = 28) -> np.ndarra
         if index >= 0:
             canvas[:, row * tile : (row + 1) * tile, col * tile : (col + 1) * tile] = tiles[index]
     return to_uint8(canvas)
-
-
-def scatter(xy: np.ndarray, labels: np.ndarray, names: list[str], size: int = 640) -> np.ndarray:
-    """2-D points coloured by class, with a legend: the t-SNE map beside its mosaic."""
-    xy = np.asarray(xy, dtype=np.float64)
-    low, high = xy.min(axis=0), xy.max(axis=0)
-    unit = (xy - low) / np.where(high > low, high - low, 1.0)
-    margin, line = 10, 14
-    present = sorted(set(np.asarray(labels).tolist()))
-    canvas = Image.new("RGB", (size + 150, size), "white")
-    draw = ImageDraw.Draw(canvas)
-    for (x, y), label in zip(unit * (size - 2 * margin) + margin, np.asarray(labels)):
-        colour = tuple(int(c) for c in CLASS_COLOURS[int(label) % len(CLASS_COLOURS)])
-        draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
-    font = ImageFont.load_default()
-    for row, label in enumerate(present):
-        top = margin + row * line
-        colour = tuple(int(c) for c in CLASS_COLOURS[int(label) % len(CLASS_COLOURS)])
-        draw.rectangle([size + 4, top + 2, size + 14, top + 12], fill=colour)
-        name = names[label] if 0 <= label < len(names) else str(label)
-        draw.text((size + 18, top), name[:20], fill="black", font=font)
-    return np.asarray(canvas)
-
-
-def line_plot(
-    xs: list[float], lines: np.ndarray, title: str, x_label: str, size: tuple[int, int] = (320, 220)
-) -> np.ndarray:
-    """One line per row of `lines` (L, len(xs)) over `xs`, in class-map colours, with the
-    y range printed: the panels of Zeiler & Fergus Fig. 5."""
-    lines = np.asarray(lines, dtype=np.float64)
-    width, height = size
-    left, top, right, bottom = 40, 18, 8, 22
-    canvas = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default()
-    low, high = float(np.nanmin(lines)), float(np.nanmax(lines))
-    high = high if high > low else low + 1.0
-    span_x = (max(xs) - min(xs)) or 1.0
-
-    def point(x: float, y: float) -> tuple[float, float]:
-        px = left + (x - min(xs)) / span_x * (width - left - right)
-        py = height - bottom - (y - low) / (high - low) * (height - top - bottom)
-        return px, py
-
-    draw.rectangle([left, top, width - right, height - bottom], outline=(160, 160, 160))
-    for row, values in enumerate(lines):
-        colour = tuple(int(c) for c in CLASS_COLOURS[row % len(CLASS_COLOURS)])
-        draw.line([point(x, y) for x, y in zip(xs, values)], fill=colour, width=2)
-    draw.text((2, 2), title, fill="black", font=font)
-    draw.text((2, top), f"{high:.3g}", fill="black", font=font)
-    draw.text((2, height - bottom - 10), f"{low:.3g}", fill="black", font=font)
-    draw.text((left, height - bottom + 4), f"{min(xs):g}", fill="black", font=font)
-    draw.text((width - right - 30, height - bottom + 4), f"{max(xs):g}", fill="black", font=font)
-    draw.text((width // 2 - 20, height - bottom + 4), x_label, fill="black", font=font)
-    return np.asarray(canvas)

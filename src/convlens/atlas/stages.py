@@ -22,7 +22,7 @@ from convlens.analysis.evolution import (
 from convlens.analysis.filters import conv_weight, dead_units, layer_maps
 from convlens.analysis.invariance import invariance
 from convlens.atlas.site import Job
-from convlens.attribution import deconvnet, guided_backprop, saliency
+from convlens.attribution import METHODS, deconvnet
 from convlens.data.select import is_labelled, item, one_per_class, take
 from convlens.distributed import gather_shards
 from convlens.embedding import embed, nearest_neighbours
@@ -212,10 +212,14 @@ def evolution_stage(job: Job) -> dict:
     return {"labels": [checkpoint_label(c) for c in checkpoints]}
 
 
+IMAGE_METHODS = ("saliency", "guided", "gradcam", "guided-gradcam", "ig")
+"""The attribution methods of every image page."""
+
+
 @stage("images")
 def images(job: Job) -> dict:
-    """A page per sample image: prediction, saliency, guided backprop, maps and projections per
-    layer, occlusion."""
+    """A page per sample image: prediction, attributions (`IMAGE_METHODS`), maps and
+    projections per layer, occlusion."""
     indices = job.mine(one_per_class(job.data, job.config.images))
     return {"pages": [image_page(job, i) for i in job.bar(indices, "image pages")]}
 
@@ -228,14 +232,7 @@ def image_page(job: Job, index: int) -> dict:
         probs = model(image[None].to(model_device(model))).softmax(dim=1)[0].cpu()
     top = probs.topk(min(3, len(probs)))
     predicted = int(top.indices[0])
-    attributions = {
-        "saliency": saliency(model, image[None], predicted)[0],
-        "guided": guided_backprop(model, image[None], predicted)[0],
-    }
-    shown = {}
-    for method, values in attributions.items():
-        shown |= figures.attribution_figures(job.loaded, image, method, values, 160)
-    write_pngs(folder, shown)
+    write_pngs(folder, attribution_figures(job, image, predicted))
     layers = layer_figures(job, image, folder)
     maps = occlusion(
         model, image, label if label >= 0 else predicted, **_geometry(image), layer=job.layers[-1]
@@ -253,6 +250,19 @@ def image_page(job: Job, index: int) -> dict:
         ],
         "layers": layers,
     }
+
+
+def attribution_figures(job: Job, image: torch.Tensor, predicted: int) -> dict[str, np.ndarray]:
+    """Each of `IMAGE_METHODS` for the prediction on its own scale (maps without channels as
+    overlays only), and all side by side on one shared scale (`methods`)."""
+    shown, row = {}, {}
+    for method in IMAGE_METHODS:
+        values = METHODS[method](job.loaded.model, image[None], predicted)
+        drawn = figures.attribution_figures(job.loaded, image, method, values[0], 160)
+        shown |= {name: a for name, a in drawn.items() if f"{name}-overlay" not in drawn}
+        row[figures.attribution_title(method, values)] = values[0]
+    shown["methods"] = figures.attribution_row(job.loaded, image, row, shared_scale=True, size=160)
+    return shown
 
 
 def _geometry(image: torch.Tensor) -> dict:

@@ -1,13 +1,11 @@
-"""Commands about one image at a time: feature maps, attributions, occlusion sensitivity."""
+"""Commands about one image at a time: feature maps and occlusion sensitivity (attributions are
+in `_attribute`)."""
 
 from __future__ import annotations
 
 import argparse
 
-import torch
-
 from convlens.analysis.filters import layer_maps
-from convlens.attribution import METHODS
 from convlens.cli._inputs import check_class, load, open_checked
 from convlens.cli._options import (
     finite_float,
@@ -18,15 +16,13 @@ from convlens.cli._options import (
     non_negative_int,
     out_option,
     positive_int,
-    unit,
 )
 from convlens.cli._registry import command
 from convlens.data import open_image
 from convlens.data.select import take, with_transform
-from convlens.hooks import model_device
 from convlens.models.layers import default_layers
 from convlens.occlusion import default_geometry, occlusion, strongest_projection
-from convlens.report.results import save_attribution, save_feature_maps, save_occlusion
+from convlens.report.results import save_feature_maps, save_occlusion
 
 
 def _maps_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,42 +40,6 @@ def _maps(args: argparse.Namespace) -> None:
     maps = layer_maps(loaded.model, image, args.layers or default_layers(loaded.model))
     written = save_feature_maps(maps, args.out)
     print(f"wrote {len(written)} feature-map grids and maps.npz to {args.out}")
-
-
-def _attribute_arguments(parser: argparse.ArgumentParser) -> None:
-    model_options(parser)
-    parser.add_argument("--method", choices=sorted(METHODS), default="deconvnet")
-    image_option(parser)
-    target = parser.add_mutually_exclusive_group()
-    target.add_argument(
-        "--target", type=non_negative_int, help="class index (default: the predicted class)"
-    )
-    target.add_argument(
-        "--unit",
-        type=unit,
-        help="LAYER:CHANNEL[:Y:X], e.g. features.12:3 (position default: the channel's argmax)",
-    )
-    out_option("convlens-attribute")(parser)
-
-
-@command(
-    "attribute",
-    "project a class score or one unit back to pixels (deconvnet, guided backprop, saliency, gradient)",
-    _attribute_arguments,
-)
-def _attribute(args: argparse.Namespace) -> None:
-    picture = open_image(args.image)
-    loaded = load(args)
-    check_class(loaded, args.target, "--target")
-    image = loaded.transform(picture)
-    target = args.unit or args.target
-    if target is None:
-        with torch.no_grad():
-            target = int(loaded.model(image[None].to(model_device(loaded.model))).argmax())
-        print(f"target: predicted class {target} ({loaded.classes[target]})")
-    values = METHODS[args.method](loaded.model, image[None], target)[0]
-    written = save_attribution(loaded, image, args.method, values, args.out)
-    print(f"wrote {', '.join(p.name for p in written)} and {args.method}.npz to {args.out}")
 
 
 def _occlude_arguments(parser: argparse.ArgumentParser) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from convlens import render
+from convlens import charts, render
 from convlens._io import safe_name
 from convlens.analysis.invariance import Invariance
 from convlens.data.select import item
@@ -44,20 +44,66 @@ def feature_map_figures(
     }
 
 
+def method_stem(method: str) -> str:
+    """An attribution method's name as a file name: `gradcam++` → `gradcam-plus-plus`."""
+    return safe_name(method.replace("++", "-plus-plus"))
+
+
 def attribution_figures(
     loaded: LoadedModel, image: torch.Tensor, method: str, values: torch.Tensor, size: int = 224
 ) -> dict[str, np.ndarray]:
-    """The image and its attribution `values` by `method`: saliency (H, W) as a heat map and an
-    overlay; signed maps (C, H, W) stretched around zero (grey is zero)."""
+    """The image and its attribution `values` by `method`, named for files: a map without
+    channels (H, W) (saliency, class activation maps) as `<method>` heat map and
+    `<method>-overlay`; a signed map (C, H, W) as `<method>`, stretched around zero (grey is
+    zero)."""
     shown = loaded.transform.denormalize(image)
+    name = method_stem(method)
     figures = {"image": render.picture(shown, size)}
-    if method == "saliency":
-        figures["saliency"], figures["saliency-overlay"] = render.saliency_images(
-            values, shown, size
-        )
+    if values.dim() == 2:
+        figures[name], figures[f"{name}-overlay"] = render.saliency_images(values, shown, size)
     else:
-        figures[method] = render.signed_image(values, size)
+        figures[name] = render.signed_image(values, size)
     return figures
+
+
+def attribution_title(method: str, values: torch.Tensor) -> str:
+    """A panel's caption: the method, and the layer of a class activation map."""
+    layer = getattr(values, "layer", None)
+    return f"{method} @ {layer}" if layer else method
+
+
+def attribution_row(
+    loaded: LoadedModel,
+    image: torch.Tensor,
+    maps: dict[str, torch.Tensor],
+    shared_scale: bool = False,
+    size: int = 224,
+) -> np.ndarray:
+    """Several maps of one image side by side after the image itself, each captioned with its
+    key (`attribution_title`). Each on its own
+    scale (maps without channels as heat overlays, signed maps stretched around zero), or with
+    `shared_scale` every map as the share of its total |attribution| in each pixel, all on one
+    heat scale from 0 to the largest 99.5th percentile among them."""
+    shown = loaded.transform.denormalize(image)
+    panels = [("image", render.picture(shown, size))]
+    if shared_scale:
+        shares = {title: render.mass_share(values) for title, values in maps.items()}
+        top = max(float(share.flatten().quantile(0.995)) for share in shares.values())
+        for title, share in shares.items():
+            panels.append((title, render.saliency_images(share, shown, size, top=top)[1]))
+        row = render.panel_row(panels)
+        legend = (
+            f"one scale for all: each map's share of its |attribution| per pixel, 0 to {top:.2g}"
+        )
+        return render.stacked([row, render.caption(render.heat_bar(row.shape[1]), legend)])
+    for title, values in maps.items():
+        picture = (
+            render.saliency_images(values, shown, size)[1]
+            if values.dim() == 2
+            else render.signed_image(values, size)
+        )
+        panels.append((title, picture))
+    return render.panel_row(panels)
 
 
 def top_examples_figure(loaded: LoadedModel, examples: TopExamples) -> np.ndarray:
@@ -114,10 +160,7 @@ def neighbours_figure(
             images = [query] + [loaded.transform.denormalize(image) for image, _ in hits]
             names = [label] + [class_name(loaded.classes, hit) for _, hit in hits]
             rows.append(render.labelled_tiles(torch.stack(images), names, columns=k + 1, size=72))
-    width = max(row.shape[1] for row in rows)
-    return np.concatenate(
-        [np.pad(r, ((0, 6), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
-    )
+    return render.stacked(rows)
 
 
 def evolution_tiles(
@@ -139,10 +182,10 @@ def invariance_figure(result: Invariance) -> np.ndarray:
     probability against the transformation value, one line per image."""
     unit = {"translate": "pixels", "scale": "factor", "rotate": "degrees"}[result.transform]
     panels = [
-        (layer, render.line_plot(result.values, d.t().numpy(), "relative distance", unit))
+        (layer, charts.line_plot(result.values, d.t().numpy(), "relative distance", unit))
         for layer, d in result.distance.items()
     ]
-    probability = render.line_plot(result.values, result.prob.t().numpy(), "p(true class)", unit)
+    probability = charts.line_plot(result.values, result.prob.t().numpy(), "p(true class)", unit)
     return render.panel_row([*panels, ("true class", probability)])
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from convlens import render
+from convlens import charts, render
 from convlens._io import safe_name, write_json
 from convlens.analysis.evolution import Evolution, checkpoint_label
 from convlens.analysis.filters import DeadUnits, FirstLayer, filter_rms
@@ -65,11 +65,32 @@ def save_feature_maps(maps: dict[str, torch.Tensor], out: Path, prefix: str = "m
 
 
 def save_attribution(
-    loaded: LoadedModel, image: torch.Tensor, method: str, values: torch.Tensor, out: Path
+    loaded: LoadedModel,
+    image: torch.Tensor,
+    method: str,
+    values: torch.Tensor,
+    out: Path,
+    **extra: np.ndarray,
 ) -> list[Path]:
-    """One attribution of one preprocessed image: the display PNG(s) and the raw map (`.npz`)."""
-    write_npz(out / f"{method}.npz", **{method: values.cpu().numpy(), "image": image.cpu().numpy()})
+    """One attribution of one preprocessed image: the display PNG(s) and the raw map with the
+    image and any `extra` arrays (`<method>.npz`)."""
+    arrays = {method: values.cpu().numpy(), "image": image.cpu().numpy(), **extra}
+    write_npz(out / f"{figures.method_stem(method)}.npz", **arrays)
     return write_pngs(out, figures.attribution_figures(loaded, image, method, values))
+
+
+def save_attribution_row(
+    loaded: LoadedModel,
+    image: torch.Tensor,
+    maps: dict[str, torch.Tensor],
+    out: Path,
+    shared_scale: bool = False,
+) -> Path:
+    """Several methods' maps of one image side by side (`figures.attribution_row`), as
+    `methods.png`."""
+    return write_png(
+        out / "methods.png", figures.attribution_row(loaded, image, maps, shared_scale)
+    )
 
 
 def save_occlusion(
@@ -161,7 +182,7 @@ def save_embedding(
         for n, index in enumerate(found.indices)
     ]
     write_text(out / "embedding.csv", "\n".join(rows) + "\n")
-    scatter = render.scatter(found.xy, found.labels, list(loaded.classes))
+    scatter = charts.scatter(found.xy, found.labels, list(loaded.classes))
     return [
         write_png(out / "tsne-mosaic.png", render.mosaic(shown, found.layout, tile)),
         write_png(out / "tsne-scatter.png", scatter),

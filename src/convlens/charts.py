@@ -1,0 +1,64 @@
+"""Charts drawn with PIL, as uint8 arrays (H, W, 3): the t-SNE scatter and the line plots of
+Zeiler & Fergus Fig. 5. Pure, like `convlens.render`, whose class colours they share."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from convlens.render import CLASS_COLOURS
+
+
+def scatter(xy: np.ndarray, labels: np.ndarray, names: list[str], size: int = 640) -> np.ndarray:
+    """2-D points coloured by class, with a legend: the t-SNE map beside its mosaic."""
+    xy = np.asarray(xy, dtype=np.float64)
+    low, high = xy.min(axis=0), xy.max(axis=0)
+    unit = (xy - low) / np.where(high > low, high - low, 1.0)
+    margin, line = 10, 14
+    present = sorted(set(np.asarray(labels).tolist()))
+    canvas = Image.new("RGB", (size + 150, size), "white")
+    draw = ImageDraw.Draw(canvas)
+    for (x, y), label in zip(unit * (size - 2 * margin) + margin, np.asarray(labels)):
+        colour = tuple(int(c) for c in CLASS_COLOURS[int(label) % len(CLASS_COLOURS)])
+        draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
+    font = ImageFont.load_default()
+    for row, label in enumerate(present):
+        top = margin + row * line
+        colour = tuple(int(c) for c in CLASS_COLOURS[int(label) % len(CLASS_COLOURS)])
+        draw.rectangle([size + 4, top + 2, size + 14, top + 12], fill=colour)
+        name = names[label] if 0 <= label < len(names) else str(label)
+        draw.text((size + 18, top), name[:20], fill="black", font=font)
+    return np.asarray(canvas)
+
+
+def line_plot(
+    xs: list[float], lines: np.ndarray, title: str, x_label: str, size: tuple[int, int] = (320, 220)
+) -> np.ndarray:
+    """One line per row of `lines` (L, len(xs)) over `xs`, in class-map colours, with the
+    y range printed: the panels of Zeiler & Fergus Fig. 5."""
+    lines = np.asarray(lines, dtype=np.float64)
+    width, height = size
+    left, top, right, bottom = 40, 18, 8, 22
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    low, high = float(np.nanmin(lines)), float(np.nanmax(lines))
+    high = high if high > low else low + 1.0
+    span_x = (max(xs) - min(xs)) or 1.0
+
+    def point(x: float, y: float) -> tuple[float, float]:
+        px = left + (x - min(xs)) / span_x * (width - left - right)
+        py = height - bottom - (y - low) / (high - low) * (height - top - bottom)
+        return px, py
+
+    draw.rectangle([left, top, width - right, height - bottom], outline=(160, 160, 160))
+    for row, values in enumerate(lines):
+        colour = tuple(int(c) for c in CLASS_COLOURS[row % len(CLASS_COLOURS)])
+        draw.line([point(x, y) for x, y in zip(xs, values)], fill=colour, width=2)
+    draw.text((2, 2), title, fill="black", font=font)
+    draw.text((2, top), f"{high:.3g}", fill="black", font=font)
+    draw.text((2, height - bottom - 10), f"{low:.3g}", fill="black", font=font)
+    draw.text((left, height - bottom + 4), f"{min(xs):g}", fill="black", font=font)
+    draw.text((width - right - 30, height - bottom + 4), f"{max(xs):g}", fill="black", font=font)
+    draw.text((width // 2 - 20, height - bottom + 4), x_label, fill="black", font=font)
+    return np.asarray(canvas)
