@@ -125,10 +125,18 @@ def timed(
 
 
 def agrees(ours: torch.Tensor, theirs: object) -> bool:
-    """Equal up to float error: within 1e-3 relative, or 1e-4 of the largest |value|."""
+    """Equal up to float32 error: at least 99% of the values within 1e-3 relative or 1e-4 of
+    the largest |value|, and a correlation above 0.999. Not every value: a random-init resnet18
+    is chaotic in float32, where one ReLU or max-pool decision flipped by rounding reroutes a
+    few gradient paths; measured against a float64 reference, the default and the channels-last
+    layout each miss by up to 2% of the largest value at a few hundred pixels of 4 images."""
     theirs = torch.as_tensor(theirs).detach().to(ours.dtype)
+    if ours.shape != theirs.shape:
+        return False
     scale = float(theirs.abs().max())
-    return ours.shape == theirs.shape and torch.allclose(ours, theirs, rtol=1e-3, atol=1e-4 * scale)
+    close = torch.isclose(ours, theirs, rtol=1e-3, atol=1e-4 * scale).float().mean()
+    correlation = torch.corrcoef(torch.stack([ours.flatten(), theirs.flatten()]))[0, 1]
+    return bool(close >= 0.99 and correlation > 0.999)
 
 
 def peer(seconds: float, ours: float, agree: bool | None, **notes: object) -> dict:
