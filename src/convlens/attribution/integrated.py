@@ -111,7 +111,7 @@ def integrated_gradients(
     total = torch.zeros_like(x)
     for step, index in path_chunks(len(x), steps, batch_size):
         alpha = alphas_t[step].view(-1, 1, 1, 1)
-        points = start[index] + alpha * (x[index] - start[index])
+        points = torch.lerp(start[index], x[index], alpha)
         grad = backward(model, points, select_targets(target, len(x), index)).grad
         total.index_add_(
             0, index.to(x.device), grad.to(x.device) * weights_t[step].view(-1, 1, 1, 1)
