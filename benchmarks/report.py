@@ -46,7 +46,8 @@ from skimage import data as skdata
 import convlens
 from convlens.atlas.pages import write_pages
 from convlens.atlas.site import AtlasConfig, Job, Site
-from convlens.atlas.stages import FULL_STEPS, STAGES, UNIT_LR, UNIT_STEPS
+from convlens.atlas.stages import STAGES
+from convlens.atlas.unit_images import FULL_STEPS, UNIT_LR, UNIT_STEPS
 from convlens.data import open_data
 from convlens.data.select import with_transform
 from convlens.models.layers import default_layers, trace_layers
@@ -122,7 +123,7 @@ def run_stages(
     """Every wanted stage in order, timed, then the pages; a line each and the total."""
     config = AtlasConfig(synthesis_steps=args.synthesis_steps, data_description=str(photos))
     data = with_transform(open_data(photos), loaded.transform)
-    job = Job(loaded, data, default_layers(loaded.model), config, Site(out), args.progress)
+    job = Job(loaded, data, default_layers(loaded.model), config, Site.for_model(out, loaded.input_size), args.progress)
     out.mkdir(parents=True, exist_ok=True)
     total = 0.0
     for stage in [s for s in STAGES if s in args.stages]:

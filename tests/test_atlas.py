@@ -170,6 +170,35 @@ def test_a_small_unlabelled_dataset_gets_notes_instead_of_broken_sections(tmp_pa
             assert (tmp_path / link).is_file(), (page.name, link)
 
 
+def test_a_photo_model_gets_jpeg_figures_and_each_source_image_once(tmp_path):
+    import numpy as np
+    import torchvision
+    from PIL import Image
+
+    from convlens.data import open_data
+
+    torch.manual_seed(0)
+    model = torchvision.models.alexnet(num_classes=4).eval()
+    transform = Preprocess(3, (96, 96), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    loaded = LoadedModel(model, transform, ("a", "b", "c", "d"), (3, 96, 96), "alexnet")
+    data = open_data("sample:coffee,chelsea,rocket,astronaut", transform)
+    config = AtlasConfig(layers=["features.1"], images=1, skip=("synthesis", "evolution"))
+    write_atlas(loaded, data, tmp_path, config, progress=False)
+    top9 = tmp_path / "img" / "units" / "features.1" / "0003-top9.jpg"
+    assert np.asarray(Image.open(top9)).std() > 5
+    assert sorted(p.name for p in (tmp_path / "img" / "data").iterdir()) == [
+        "0.jpg",
+        "1.jpg",
+        "2.jpg",
+        "3.jpg",
+    ]  # 64 units x 4 top images, written once each
+    assert not list(tmp_path.rglob("*-sources.*"))
+    for page in tmp_path.glob("*.html"):
+        for link in local_links(page):
+            assert (tmp_path / link).is_file(), (page.name, link)
+    assert "img/data/2.jpg" in (tmp_path / "unit-features.1-0003.html").read_text()
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
 def test_two_gloo_processes_under_torchrun_write_the_one_process_atlas(tmp_path):

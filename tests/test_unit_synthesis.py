@@ -35,6 +35,20 @@ def test_a_receptive_field_larger_than_the_input_gets_the_input_and_its_centre()
     assert unit_canvas(model, "maxpool", (3, 224, 224)).side == 14
 
 
+@pytest.mark.parametrize("preset", ["lucid", "yosinski-2", "yosinski-4"])
+def test_chunks_of_units_give_the_images_of_one_batch(preset):
+    torch.manual_seed(0)
+    model = torchvision.models.alexnet().eval()
+    units = list(range(7))
+    whole, _ = synthesize_units(model, "features.4", units, preset=preset, steps=4, seed=3)
+    split, _ = synthesize_units(
+        model, "features.4", units, preset=preset, steps=4, seed=3, batch_size=3
+    )
+    torch.testing.assert_close(split.inputs, whole.inputs, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(split.trace, whole.trace, atol=1e-4, rtol=1e-4)
+    assert split.objective == whole.objective and split.images.shape == whole.images.shape
+
+
 def test_the_redirected_relu_gradient_follows_lucid():
     x = torch.tensor([[-1.0, 2.0, -3.0], [-1.0, -2.0, -3.0]], requires_grad=True)
     upstream = torch.tensor([[0.5, -1.0, -2.0], [0.5, -1.0, -2.0]])  # d loss / d relu(x)
@@ -57,7 +71,7 @@ def test_a_unit_silent_at_the_start_still_moves():
 
 @pytest.mark.slow
 def test_unit_images_beat_the_best_test_image_for_nine_in_ten_firing_units(trained_default):
-    from convlens.atlas.stages import UNIT_LR, UNIT_STEPS
+    from convlens.atlas.unit_images import UNIT_LR, UNIT_STEPS
 
     loaded, _ = trained_default
     data = Subset(cl.data.FashionMNIST("test", transform=loaded.transform), range(2000))

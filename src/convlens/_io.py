@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,10 +17,12 @@ from convlens._errors import ConvlensError
 
 def replace_atomically(path: str | Path, write: Callable[[Path], object]) -> Path:
     """Call `write` on a temporary name beside `path`, then rename it into place, so an
-    interrupted run never leaves a half-written file that a later resume would trust."""
+    interrupted run never leaves a half-written file that a later resume would trust. The
+    temporary name carries the process id: processes writing the same file (ranks under
+    torchrun) never write into one another's."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
     write(partial)
     partial.replace(path)
     return path

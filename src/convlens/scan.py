@@ -174,12 +174,13 @@ def _plan(
 @dataclass(frozen=True)
 class TopExamples:
     """What Fig. 2 shows of one channel: its top images (k, C, H, W), the deconvnet projection
-    of each recorded activation alone (k, C, H, W) and each activation's receptive-field box
-    (top, left, bottom, right) in the image."""
+    of each recorded activation alone (k, C, H, W), each activation's receptive-field box
+    (top, left, bottom, right) in the image, and the images' dataset indices."""
 
     images: torch.Tensor
     projections: torch.Tensor
     boxes: list[tuple[int, int, int, int]]
+    indices: list[int]
 
 
 def top_examples(
@@ -189,10 +190,11 @@ def top_examples(
     `field` is the layer's receptive field (`receptive_field`)."""
     keep = top.indices[channel] >= 0
     positions = [(int(y), int(x)) for y, x in top.positions[channel][keep].tolist()]
-    images, _ = take(data, top.indices[channel][keep].tolist())
+    indices = top.indices[channel][keep].tolist()
+    images, _ = take(data, indices)
     units = [Unit(layer, channel, y, x) for y, x in positions]
     boxes = [field.box(y, x) for y, x in positions]
-    return TopExamples(images, deconvnet(model, images, units), boxes)
+    return TopExamples(images, deconvnet(model, images, units), boxes, indices)
 
 
 class _State:

@@ -38,7 +38,7 @@ def write_atlas(
         PosixPath('atlas/index.html')
     """
     config = config or AtlasConfig()
-    site = Site(Path(out))
+    site = Site.for_model(Path(out), loaded.input_size)
     rank, world = current_shard()
     layers = config.layers or default_layers(loaded.model)
     job = Job(loaded, data, layers, config, site, progress, rank, world)

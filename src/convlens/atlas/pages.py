@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 from importlib import resources
 
-from convlens._io import safe_name
 from convlens.atlas.site import Job
 from convlens.atlas.stages import STAGES, scan_result
 from convlens.data.select import item
@@ -41,9 +40,15 @@ def _dead(done: dict, layer: str) -> set[int]:
 
 def layer_page(job: Job, layer: str, top: TopK, done: dict) -> None:
     """A tile per channel, with dead units faded, and the filter box on the first conv layer."""
-    dead = _dead(done, layer)
+    dead, site = _dead(done, layer), job.site
     channels = [
-        {"c": c, "dead": c in dead, "page": job.site.unit_page(layer, c)}
+        {
+            "c": c,
+            "dead": c in dead,
+            "page": site.unit_page(layer, c),
+            "thumb": site.relative(site.unit_image(layer, c, "thumb")),
+            "filter": site.relative(site.unit_image(layer, c, "filter")),
+        }
         for c in range(top.values.shape[0])
     ]
     write_page(
@@ -51,15 +56,18 @@ def layer_page(job: Job, layer: str, top: TopK, done: dict) -> None:
         "layer.html.j2",
         **_common(job),
         layer=layer,
-        file=safe_name(layer),
         channels=channels,
         first=layer == (done["summary"] or {}).get("first_conv"),
     )
 
 
+UNIT_KINDS = ("top9", "filter", "synthesis", "evolution")
+
+
 def unit_page(job: Job, layer: str, c: int, top: TopK, done: dict) -> None:
-    """Fig. 2, the activation table, the synthesised image, the evolution strip, the filter."""
-    count = top.values.shape[0]
+    """Fig. 2, the source images, the activation table, the synthesised image, the evolution
+    strip, the filter."""
+    count, site = top.values.shape[0], job.site
     write_page(
         job.site.out / job.site.unit_page(layer, c),
         "unit.html.j2",
@@ -67,12 +75,12 @@ def unit_page(job: Job, layer: str, c: int, top: TopK, done: dict) -> None:
         layer=layer,
         layer_page=job.site.layer_page(layer),
         c=c,
-        file=safe_name(layer),
+        images={kind: site.relative(site.unit_image(layer, c, kind)) for kind in UNIT_KINDS},
         dead=c in _dead(done, layer),
         sources=_sources(job, top, c),
         synthesis=done["synthesis"],
         evolution=(done["evolution"] or {}).get("labels"),
-        filter=job.site.unit_image(layer, c, "filter").exists(),
+        filter=site.unit_image(layer, c, "filter").exists(),
         previous=job.site.unit_page(layer, c - 1) if c > 0 else None,
         next=job.site.unit_page(layer, c + 1) if c + 1 < count else None,
     )
@@ -85,7 +93,8 @@ def _sources(job: Job, top: TopK, c: int) -> list[dict]:
         if index >= 0:
             label = item(job.data, index)[1]
             name = figures.class_name(job.loaded.classes, label) if label >= 0 else ""
-            rows.append({"value": round(value, 4), "index": index, "label": name})
+            picture = job.site.relative(job.site.data_image(index))
+            rows.append({"value": round(value, 4), "index": index, "label": name, "image": picture})
     return rows
 
 

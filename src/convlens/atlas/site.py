@@ -40,19 +40,42 @@ class AtlasConfig:
     data_description: str = ""
 
 
+PHOTO_KINDS = ("top9", "thumb", "synthesis")
+"""Unit figures that are photographs on a photo model, written as JPEG there."""
+
+
 @dataclass(frozen=True)
 class Site:
-    """Paths inside the atlas folder `out`."""
+    """Paths inside the atlas folder `out`. With `photo` (a model of RGB inputs of 64 pixels or
+    more), the photographic figures (`PHOTO_KINDS`, the dataset images) are JPEGs, a third to a
+    fifth of their PNG size, so that an atlas of thousands of units stays under 200 MB."""
 
     out: Path
+    photo: bool = False
+
+    @staticmethod
+    def for_model(out: Path, input_size: tuple[int, ...]) -> Site:
+        """The site of an atlas of a model taking `input_size` (C, H, W) inputs."""
+        return Site(out, photo=input_size[0] == 3 and min(input_size[1:]) >= 64)
+
+    def relative(self, path: Path) -> str:
+        """`path` as a link from a page at the atlas's top."""
+        return path.relative_to(self.out).as_posix()
+
+    def data_image(self, index: int) -> Path:
+        """`img/data/<index>.<png|jpg>`: dataset image `index`, written once however many
+        units' top-9 it is in."""
+        return self.img / "data" / f"{index}.{'jpg' if self.photo else 'png'}"
 
     @property
     def img(self) -> Path:
         return self.out / "img"
 
     def unit_image(self, layer: str, channel: int, kind: str) -> Path:
-        """`img/units/<layer>/<channel>-<kind>.png` (kind: top9, thumb, sources, synthesis, ...)."""
-        return self.img / "units" / safe_name(layer) / f"{channel:04d}-{kind}.png"
+        """`img/units/<layer>/<channel>-<kind>.<png|jpg>` (kind: top9, thumb, synthesis,
+        evolution, filter)."""
+        suffix = "jpg" if self.photo and kind in PHOTO_KINDS else "png"
+        return self.img / "units" / safe_name(layer) / f"{channel:04d}-{kind}.{suffix}"
 
     def image_folder(self, index: int) -> Path:
         """Where the figures of dataset image `index` go."""

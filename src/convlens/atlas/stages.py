@@ -9,6 +9,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from torch.utils.data import Subset
+from tqdm.auto import tqdm
 
 from convlens import render
 from convlens._io import safe_name
@@ -21,6 +22,7 @@ from convlens.analysis.evolution import (
 )
 from convlens.analysis.filters import conv_weight, dead_units, layer_maps
 from convlens.analysis.invariance import invariance
+from convlens.atlas import unit_images
 from convlens.atlas.site import Job
 from convlens.attribution import METHODS, deconvnet
 from convlens.data.select import is_labelled, item, one_per_class, take
@@ -29,7 +31,7 @@ from convlens.embedding import embed, nearest_neighbours
 from convlens.hooks import model_device
 from convlens.models.layers import conv_layers, receptive_field, trace_layers
 from convlens.occlusion import default_geometry, occlusion, strongest_projection
-from convlens.report import figures, write_png, write_pngs
+from convlens.report import figures, write_image, write_png, write_pngs
 from convlens.report.results import (
     layer_table,
     save_embedding,
@@ -39,18 +41,13 @@ from convlens.report.results import (
     save_synthesis,
 )
 from convlens.scan import ScanResult, scan, top_examples
-from convlens.synthesis import channel, class_score, synthesize
-from convlens.synthesis.units import synthesize_units
+from convlens.synthesis import class_score, synthesize
 from convlens.targets import Unit
 
 Stage = Callable[[Job], dict]
 STAGES: dict[str, Stage] = {}
 SKIPPABLE: list[str] = []
 MAX_FILTER_TILES = 20000  # filter grids with more (output, input) tiles are left out
-# Unit images: 96 Adam steps at learning rate 0.1 took 96 % of the trained built-in network's
-# firing units past their best test image (64 steps: 92 %; the Lucid rate 0.05 needs ~256).
-UNIT_STEPS, UNIT_LR = 96, 0.1
-FULL_STEPS = 256
 TSNE_MINIMUM = 90  # three times openTSNE's default perplexity of 30
 
 
@@ -140,44 +137,38 @@ def scan_stage(job: Job) -> dict:
 
 @stage("units")
 def units(job: Job) -> dict:
-    """Per channel: Fig. 2, its thumbnail (the patches) and the whole source images."""
+    """Per channel: Fig. 2 and its thumbnail (the patches); the whole source images, each
+    dataset image written once."""
     result, model = scan_result(job), job.loaded.model
     fields = {layer: receptive_field(model, layer, job.loaded.input_size) for layer in job.layers}
     work = [(layer, c) for layer in job.layers for c in range(result[layer].values.shape[0])]
     for layer, c in job.bar(job.mine(work), "top-9 images"):
         examples = top_examples(model, job.data, result[layer], layer, c, fields[layer])
         figure = figures.top_examples_figure(job.loaded, examples)
-        write_png(job.site.unit_image(layer, c, "top9"), figure)
+        write_image(job.site.unit_image(layer, c, "top9"), figure)
         half = figure.shape[1] // 2
-        write_png(job.site.unit_image(layer, c, "thumb"), figure[:, half:][::2, ::2])
-        sources = figures.source_grid(job.loaded.transform.denormalize(examples.images))
-        write_png(job.site.unit_image(layer, c, "sources"), sources)
+        write_image(job.site.unit_image(layer, c, "thumb"), figure[:, half:][::2, ::2])
+        shown = job.loaded.transform.denormalize(examples.images)
+        for index, image in zip(examples.indices, shown):
+            if not job.site.data_image(index).exists():  # each dataset image once
+                write_image(job.site.data_image(index), figures.source_picture(image))
     return {"layers": job.layers}
 
 
 @stage("synthesis", skippable=True)
 def synthesis(job: Job) -> dict:
-    """A synthesised image per unit (all units of a layer as one batch) and class models."""
+    """A synthesised image per unit (`unit_images`: a layer's units together, in chunks that
+    bound memory, after a printed time estimate) and class models."""
     result, sizes = scan_result(job), {}
-    for layer in job.mine(job.layers):  # a layer is one batch: split by layer
-        units = range(result[layer].values.shape[0])
+    work = {layer: result[layer].values.shape[0] for layer in job.mine(job.layers)}
+    if job.progress and job.rank == 0 and work:
+        tqdm.write(unit_images.announce(job, work))
+    for layer, count in work.items():  # split by layer between ranks
+        made = unit_images.layer_images(job, layer, list(range(count)))
         if job.config.synthesis == "unit":
-            steps = job.config.synthesis_steps or UNIT_STEPS
-            made, canvas = synthesize_units(
-                job.loaded, layer, units, steps=steps, lr=UNIT_LR, progress=job.progress
-            )
-            sizes[layer] = canvas.side
-        else:
-            steps = job.config.synthesis_steps or FULL_STEPS
-            made = synthesize(
-                job.loaded,
-                channel(layer, list(units)),
-                steps=steps,
-                n=len(units),
-                progress=job.progress,
-            )
+            sizes[layer] = unit_images.side(job, layer)
         for c, image in enumerate(made.images):
-            write_png(job.site.unit_image(layer, c, "synthesis"), render.picture(image, 96))
+            write_image(job.site.unit_image(layer, c, "synthesis"), render.picture(image, 96))
     record = {"mode": job.config.synthesis, "sides": sizes}
     if job.rank == 0:
         names = job.loaded.classes

@@ -189,6 +189,7 @@ def invariance_figure(result: Invariance) -> np.ndarray:
     return render.panel_row([*panels, ("true class", probability)])
 
 
-def source_grid(images: torch.Tensor) -> np.ndarray:
-    """The whole [0, 1] images (k, C, H, W) behind a channel's top activations, 3 per row."""
-    return render.grid(render.fit(images, 56), columns=3, padding=2)
+def source_picture(image: torch.Tensor) -> np.ndarray:
+    """One whole [0, 1] dataset image (C, H, W) behind a channel's top activations, fitted to
+    64 pixels."""
+    return render.grid(render.fit(image[None], 64), columns=1, padding=0)

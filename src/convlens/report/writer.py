@@ -29,6 +29,23 @@ def write_png(path: str | Path, image: np.ndarray) -> Path:
     )
 
 
+def write_jpeg(path: str | Path, image: np.ndarray, quality: int = 85) -> Path:
+    """Save a uint8 (H, W, 3) array as a JPEG without chroma subsampling: for photographs
+    (patches of natural images, synthesised images of photo models), a third to a fifth of the
+    PNG's size (measured on resnet18 atlas figures: Fig. 2 76 -> 24 KB at quality 85)."""
+    if image.dtype != np.uint8:
+        raise TypeError(f"write_jpeg takes uint8 arrays (render them first), got {image.dtype}")
+    picture = Image.fromarray(image).convert("RGB")
+    return replace_atomically(
+        path, lambda p: picture.save(p, format="JPEG", quality=quality, subsampling=0)
+    )
+
+
+def write_image(path: str | Path, image: np.ndarray) -> Path:
+    """Save as a JPEG when `path` ends in .jpg, else as a PNG."""
+    return (write_jpeg if Path(path).suffix == ".jpg" else write_png)(path, image)
+
+
 def write_pngs(folder: str | Path, figures: dict[str, np.ndarray]) -> list[Path]:
     """Save each named figure as `<folder>/<name>.png`."""
     return [write_png(Path(folder) / f"{name}.png", image) for name, image in figures.items()]

@@ -112,6 +112,7 @@ def synthesize(
     redirect_relu: bool = False,
     fast: bool = False,
     progress: bool = False,
+    offset: int = 0,
     **overrides: object,
 ) -> Synthesis:
     """Images that maximise `objective` (class index, "layer:channel", Objective, ...).
@@ -131,11 +132,15 @@ def synthesize(
         redirect_relu: Lucid's redirected ReLU gradient (`convlens.rules`): an image whose unit
             is silent at the start still gets a gradient.
         fast: run the model in bfloat16 (autocast; the image and optimiser stay float32).
+        offset: this batch's first image's place in a larger batch split in chunks: each image
+            starts from the draws it would get in the whole batch, and the random transforms are
+            the whole batch's, so the chunks together equal one run unless a diversity term
+            couples the images.
     """
     module, prep = resolve_model(model, preprocess)
     preset = preset_named(preset, steps=steps, **overrides)
     objective = _with_diversity(as_objective(objective), module, n, diversity_weight)
-    loop = _start(module, prep, preset, n, size, seed)
+    loop = _start(module, prep, preset, n, size, seed, offset)
     with (
         preserved_state(module, training=False, frozen=True),
         capture(
@@ -178,15 +183,23 @@ def _with_diversity(
 
 
 def _start(
-    module: nn.Module, prep: Preprocess, preset: Preset, n: int, size: int | None, seed: int
+    module: nn.Module,
+    prep: Preprocess,
+    preset: Preset,
+    n: int,
+    size: int | None,
+    seed: int,
+    offset: int = 0,
 ) -> _Loop:
-    """The loop's initial state: a seeded image of side `size`, transforms and optimiser."""
+    """The loop's initial state: a seeded image of side `size` (the draws of images `offset` to
+    `offset + n` of a seeded batch), transforms with their own seeded generator, optimiser."""
     device = model_device(module)
-    generator = torch.Generator().manual_seed(seed)
     side = size or prep.size[0]
     shape = (n, prep.channels, side, side)
     pixel_scale = 255 * torch.tensor(prep.std, device=device).view(1, -1, 1, 1)
-    image = _parameterized_image(preset, shape, generator, device, prep, pixel_scale)
+    init = torch.Generator().manual_seed(seed)
+    image = _parameterized_image(preset, shape, init, device, prep, pixel_scale, offset)
+    generator = torch.Generator().manual_seed(seed)
     transform = build_transforms(preset, prep, device)
     adam = torch.optim.Adam(image.params, lr=preset.lr) if preset.optimizer == "adam" else None
     return _Loop(image, transform, generator, adam, pixel_scale)
@@ -199,12 +212,13 @@ def _parameterized_image(
     device: torch.device,
     prep: Preprocess,
     pixel_scale: torch.Tensor,
+    skip: int = 0,
 ) -> FourierImage | PixelImage:
     """The preset's image parameterisation: a Fourier spectrum or plain pixels."""
     if preset.parameterization == "fourier":
-        return FourierImage(shape, generator, device, prep.normalize)
+        return FourierImage(shape, generator, device, prep.normalize, skip=skip)
     if preset.parameterization == "pixels":
-        return PixelImage(shape, generator, device, preset.init_std / pixel_scale.cpu())
+        return PixelImage(shape, generator, device, preset.init_std / pixel_scale.cpu(), skip)
     raise ConvlensError(f"unknown parameterization {preset.parameterization!r}")
 
 
@@ -269,14 +283,15 @@ def _ascent(
 ) -> None:
     """One plain gradient-ascent step in place. With `pixel_units` the step is taken as in
     0-255 pixel space (Caffe) and mapped back; the "progress" policy picks the step that would
-    raise a linear objective by `desired_progress`, capped at `lr`."""
+    raise a linear objective by `desired_progress`, capped at `lr`, for each image on its own."""
     if not preset.pixel_units:
         x.add_(preset.lr * ascent)
         return
     pixel_gradient = ascent / pixel_scale
-    lr = preset.lr
-    if preset.lr_policy == "progress":
-        lr = min(lr, preset.desired_progress / max(float(pixel_gradient.pow(2).sum()), 1e-12))
+    lr = torch.full((len(x), 1, 1, 1), preset.lr, device=x.device)
+    if preset.lr_policy == "progress":  # per image, as Yosinski optimises one image at a time
+        norms = pixel_gradient.pow(2).sum((1, 2, 3), keepdim=True).clamp_min(1e-12)
+        lr = (preset.desired_progress / norms).clamp_max(preset.lr)
     x.add_(lr * pixel_gradient / pixel_scale)
 
 

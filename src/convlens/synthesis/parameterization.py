@@ -23,9 +23,21 @@ COLOR_CORRELATION_SQRT = torch.tensor(
 FOURIER_SCALE = 4.0  # Lucid's constant dividing the inverse FFT (keeps the sigmoid unsaturated)
 
 
+def per_image_normal(
+    shape: tuple[int, ...], generator: torch.Generator, skip: int = 0
+) -> torch.Tensor:
+    """Standard normal draws of `shape` (N, ...), image after image from `generator`, after
+    skipping `skip` images' draws: image i of a batch starting at `skip` gets the numbers image
+    skip + i of one whole batch gets, so a batch split in chunks starts as the whole would."""
+    single = (1, *shape[1:])
+    for _ in range(skip):
+        torch.randn(single, generator=generator)
+    return torch.cat([torch.randn(single, generator=generator) for _ in range(shape[0])])
+
+
 class PixelImage:
     """The input-space image (N, C, H, W) is the parameter; init 0 (the mean image) or noise of
-    std `init_std` (a number, or one per channel (1, C, 1, 1))."""
+    std `init_std` (a number, or one per channel (1, C, 1, 1)); `skip` as `per_image_normal`."""
 
     def __init__(
         self,
@@ -33,8 +45,9 @@ class PixelImage:
         generator: torch.Generator,
         device: torch.device,
         init_std: float | torch.Tensor = 0.0,
+        skip: int = 0,
     ) -> None:
-        self.tensor = (torch.randn(shape, generator=generator) * init_std).to(device)
+        self.tensor = (per_image_normal(shape, generator, skip) * init_std).to(device)
         self.tensor.requires_grad_(True)
 
     @property
@@ -65,12 +78,13 @@ class FourierImage:
         sd: float = 0.01,
         decay_power: float = 1.0,
         decorrelate: bool = True,
+        skip: int = 0,
     ) -> None:
         count, channels, height, width = shape
         self.size = (height, width)
         self.normalize = normalize
         self.scale = spectrum_scale(height, width, decay_power).to(device)[..., None]
-        spectrum = torch.randn(count, channels, height, width // 2 + 1, 2, generator=generator)
+        spectrum = per_image_normal((count, channels, height, width // 2 + 1, 2), generator, skip)
         self.spectrum = (spectrum * sd).to(device).requires_grad_(True)
         colour = COLOR_CORRELATION_SQRT / COLOR_CORRELATION_SQRT.norm(dim=0).max()
         self.colour = colour.to(device) if decorrelate and channels == 3 else None

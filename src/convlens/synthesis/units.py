@@ -6,7 +6,7 @@ image instead of a 224-pixel one, and the forward stops at the unit's layer."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -83,10 +83,12 @@ def synthesize_units(
     preprocess: Preprocess | None = None,
     fast: bool = False,
     progress: bool = False,
+    batch_size: int | None = None,
     **overrides: object,
 ) -> tuple[Synthesis, Canvas]:
-    """One image per channel of `layer`, all optimised as one batch, each maximising the neuron
-    of its channel at the canvas position (`unit_canvas`) on an input of the canvas side.
+    """One image per channel of `layer`, optimised together `batch_size` at a time (None: all
+    as one batch; the split does not change the images), each maximising the neuron of its
+    channel at the canvas position (`unit_canvas`) on an input of the canvas side.
 
     Example:
         >>> made, canvas = synthesize_units(loaded, "features.4", range(192))  # doctest: +SKIP
@@ -95,18 +97,46 @@ def synthesize_units(
     module, prep = resolve_model(model, preprocess)
     canvas = unit_canvas(module, layer, (prep.channels, *prep.size))
     sized = replace(prep, size=(canvas.side, canvas.side), resize=None)
-    objective = neuron(layer, list(channels), canvas.y, canvas.x)
-    made = synthesize(
-        module,
-        objective,
-        preset=preset,
-        steps=steps,
-        n=len(channels),
-        seed=seed,
-        preprocess=sized,
-        redirect_relu=True,
-        fast=fast,
-        progress=progress,
-        **overrides,
+
+    def run(chunk: list[int], offset: int) -> Synthesis:
+        return synthesize(
+            module,
+            neuron(layer, chunk, canvas.y, canvas.x),
+            preset=preset,
+            steps=steps,
+            n=len(chunk),
+            seed=seed,
+            preprocess=sized,
+            redirect_relu=True,
+            fast=fast,
+            progress=progress,
+            offset=offset,
+            **overrides,
+        )
+
+    name = neuron(layer, list(channels), canvas.y, canvas.x).name
+    return in_chunks(run, list(channels), batch_size, name), canvas
+
+
+def in_chunks(
+    run: Callable[[list[int], int], Synthesis],
+    channels: list[int],
+    batch_size: int | None,
+    name: str,
+) -> Synthesis:
+    """`run(chunk, offset)` for each chunk of at most `batch_size` channels (None: one chunk),
+    joined into one Synthesis of objective `name`. Memory is bounded by the chunk; with `synthesize(offset=...)`
+    the images are those of one whole batch."""
+    size = batch_size or max(len(channels), 1)
+    if size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    made = [run(channels[i : i + size], i) for i in range(0, len(channels), size)]
+    if len(made) == 1:
+        return made[0]
+    return replace(
+        made[0],
+        images=torch.cat([m.images for m in made]),
+        inputs=torch.cat([m.inputs for m in made]),
+        trace=torch.cat([m.trace for m in made], dim=1),
+        objective=name,
     )
-    return made, canvas
