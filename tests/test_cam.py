@@ -296,6 +296,8 @@ def test_bad_options_are_clear_errors():
         cl.integrated_gradients(net, x, targets, baseline=torch.zeros(2, 2))
     with pytest.raises(ValueError, match="kind must be one of smoothgrad"):
         cl.noise_tunnel("gradient", net, x, targets, kind="smooth")
+    with pytest.raises(ValueError, match="call integrated_gradients for its delta"):
+        cl.noise_tunnel("ig", net, x, targets, return_delta=True)
     with pytest.raises(ValueError, match="unknown attribution method 'gradcm'"):
         cl.noise_tunnel("gradcm", net, x, targets)
     with pytest.raises(cl.ConvlensError, match="out of range: the model has 10 outputs"):

@@ -192,3 +192,22 @@ def test_border_crops_have_the_receptive_field_size_and_are_padded():
     top, left, _, _ = field.box(0, 0)
     assert top < 0 and bool((corner[:, :-top, :] == -1).all())  # padded above, not shifted
     assert corner[0, -top, -left] == image[0, 0, 0]
+
+
+def test_several_channels_in_one_deconvnet_pass_equal_one_pass_each():
+    from convlens.scan import top_examples, top_examples_of
+
+    torch.manual_seed(0)
+    model = TinyResNet().eval()
+    images = torch.randn(14, 2, 16, 16)
+    data = TensorDataset(images, torch.zeros(14, dtype=torch.long))
+    result = scan(model, data, ["conv2"], k=5)
+    field = cl.receptive_field(model, "conv2", (2, 16, 16))
+    together = top_examples_of(model, data, result["conv2"], "conv2", [0, 3, 1], field)
+    for channel, found in zip([0, 3, 1], together):
+        alone = top_examples(model, data, result["conv2"], "conv2", channel, field)
+        assert found.indices == alone.indices == result["conv2"].indices[channel].tolist()
+        assert found.boxes == alone.boxes
+        torch.testing.assert_close(found.images, alone.images)
+        torch.testing.assert_close(found.projections, alone.projections, atol=1e-6, rtol=1e-5)
+        assert found.projections.abs().sum() > 0

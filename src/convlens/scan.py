@@ -188,13 +188,32 @@ def top_examples(
 ) -> TopExamples:
     """The top images of one channel of a scanned layer and their projections (one batch);
     `field` is the layer's receptive field (`receptive_field`)."""
-    keep = top.indices[channel] >= 0
-    positions = [(int(y), int(x)) for y, x in top.positions[channel][keep].tolist()]
-    indices = top.indices[channel][keep].tolist()
-    images, _ = take(data, indices)
-    units = [Unit(layer, channel, y, x) for y, x in positions]
-    boxes = [field.box(y, x) for y, x in positions]
-    return TopExamples(images, deconvnet(model, images, units), boxes, indices)
+    return top_examples_of(model, data, top, layer, [channel], field)[0]
+
+
+def top_examples_of(
+    model: nn.Module,
+    data: Dataset,
+    top: TopK,
+    layer: str,
+    channels: Sequence[int],
+    field: ReceptiveField,
+) -> list[TopExamples]:
+    """`top_examples` of several channels, their projections in one deconvnet batch (the
+    images of all of them): fewer, larger passes, each image's projection its own."""
+    found = []
+    for channel in channels:
+        keep = top.indices[channel] >= 0
+        positions = [(int(y), int(x)) for y, x in top.positions[channel][keep].tolist()]
+        indices = top.indices[channel][keep].tolist()
+        found.append((channel, positions, indices, take(data, indices)[0]))
+    images = torch.cat([f[3] for f in found])
+    units = [Unit(layer, channel, y, x) for channel, positions, _, _ in found for y, x in positions]
+    projections = deconvnet(model, images, units).split([len(f[2]) for f in found])
+    return [
+        TopExamples(chosen, projected, [field.box(y, x) for y, x in positions], indices)
+        for (_, positions, indices, chosen), projected in zip(found, projections)
+    ]
 
 
 class _State:

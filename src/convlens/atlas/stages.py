@@ -4,7 +4,7 @@ returning the record its pages need (kept in the stage's marker). Every figure c
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -40,7 +40,7 @@ from convlens.report.results import (
     save_occlusion,
     save_synthesis,
 )
-from convlens.scan import ScanResult, scan, top_examples
+from convlens.scan import ScanResult, TopExamples, scan, top_examples_of
 from convlens.synthesis import class_score, synthesize
 from convlens.targets import Unit
 
@@ -138,21 +138,52 @@ def scan_stage(job: Job) -> dict:
 @stage("units")
 def units(job: Job) -> dict:
     """Per channel: Fig. 2 and its thumbnail (the patches); the whole source images, each
-    dataset image written once."""
+    dataset image written once. Several channels share one deconvnet pass (`unit_groups`)."""
     result, model = scan_result(job), job.loaded.model
     fields = {layer: receptive_field(model, layer, job.loaded.input_size) for layer in job.layers}
     work = [(layer, c) for layer in job.layers for c in range(result[layer].values.shape[0])]
-    for layer, c in job.bar(job.mine(work), "top-9 images"):
-        examples = top_examples(model, job.data, result[layer], layer, c, fields[layer])
-        figure = figures.top_examples_figure(job.loaded, examples)
-        write_image(job.site.unit_image(layer, c, "top9"), figure)
-        half = figure.shape[1] // 2
-        write_image(job.site.unit_image(layer, c, "thumb"), figure[:, half:][::2, ::2])
-        shown = job.loaded.transform.denormalize(examples.images)
-        for index, image in zip(examples.indices, shown):
-            if not job.site.data_image(index).exists():  # each dataset image once
-                write_image(job.site.data_image(index), figures.source_picture(image))
+    bar = job.bar(job.mine(work), "top-9 images")
+    for layer, channels in unit_groups(bar, _channels_per_pass(job)):
+        found = top_examples_of(model, job.data, result[layer], layer, channels, fields[layer])
+        for c, examples in zip(channels, found):
+            _unit_figures(job, layer, c, examples)
     return {"layers": job.layers}
+
+
+PROJECTION_PIXELS = 32 * 224 * 224
+"""Input pixels projected in one deconvnet pass of the units stage: 32 images of 224 pixels
+(3 channels' top-9), all the channels of a 28-pixel layer."""
+
+
+def _channels_per_pass(job: Job) -> int:
+    height, width = job.loaded.input_size[-2:]
+    return max(1, PROJECTION_PIXELS // (height * width) // 9)
+
+
+def unit_groups(items: Iterable[tuple[str, int]], size: int) -> Iterator[tuple[str, list[int]]]:
+    """(layer, channels) groups of at most `size` consecutive items of the same layer."""
+    group: list[int] = []
+    current = None
+    for layer, channel in items:
+        if group and (layer != current or len(group) == size):
+            yield current, group
+            group = []
+        current = layer
+        group.append(channel)
+    if group:
+        yield current, group
+
+
+def _unit_figures(job: Job, layer: str, c: int, examples: TopExamples) -> None:
+    """Fig. 2 of one channel, its thumbnail, and its source images not yet written."""
+    figure = figures.top_examples_figure(job.loaded, examples)
+    write_image(job.site.unit_image(layer, c, "top9"), figure)
+    half = figure.shape[1] // 2
+    write_image(job.site.unit_image(layer, c, "thumb"), figure[:, half:][::2, ::2])
+    shown = job.loaded.transform.denormalize(examples.images)
+    for index, image in zip(examples.indices, shown):
+        if not job.site.data_image(index).exists():  # each dataset image once
+            write_image(job.site.data_image(index), figures.source_picture(image))
 
 
 @stage("synthesis", skippable=True)

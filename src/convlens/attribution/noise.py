@@ -90,6 +90,10 @@ def noise_tunnel(
     check_images(images)
     batch_size = max(len(images), DEFAULT_BATCH) if batch_size is None else batch_size
     _check(samples, sigma, kind, batch_size)
+    if kwargs.get("return_delta"):
+        raise ValueError(
+            "a noise tunnel returns maps only; call integrated_gradients for its delta"
+        )
     function = method_function(method) if isinstance(method, str) else method
     x = images.detach()
     total = squares = None
