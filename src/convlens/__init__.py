@@ -43,6 +43,7 @@ from convlens.synthesis import fgsm, fooling_image, invert, synthesize, synthesi
 from convlens.targets import Unit
 from convlens.topk import ScanResult, TopK
 from convlens.training import load_model
+from convlens.trust import deletion, insertion, randomisation_test, soft_mask
 
 __version__ = "0.1.0"
 
@@ -70,6 +71,7 @@ __all__ = [
     "data",
     "dead_units",
     "deconvnet",
+    "deletion",
     "evolution",
     "feature_maps",
     "fgsm",
@@ -81,6 +83,7 @@ __all__ = [
     "grid_layout",
     "guided_backprop",
     "guided_grad_cam",
+    "insertion",
     "integrated_gradients",
     "invariance",
     "invert",
@@ -89,10 +92,12 @@ __all__ = [
     "nearest_neighbours",
     "noise_tunnel",
     "occlusion",
+    "randomisation_test",
     "receptive_field",
     "saliency",
     "scan",
     "score_cam",
+    "soft_mask",
     "synthesis",
     "synthesize",
     "synthesize_units",

@@ -1,0 +1,29 @@
+"""Can I trust this map? Sanity checks of attribution methods on the user's own model (the model
+randomisation test of Adebayo et al. 2018) and faithfulness scores (deletion and insertion,
+Average Drop and Increase in Confidence), with reference maps that know nothing of the model."""
+
+from convlens.trust.faithfulness import Curve, SoftMask, deletion, insertion, soft_mask
+from convlens.trust.randomisation import (
+    ORDERS,
+    Randomisation,
+    randomisable_layers,
+    randomisation_test,
+)
+from convlens.trust.reference import REFERENCES, reference_maps
+from convlens.trust.similarity import METRICS, similarity
+
+__all__ = [
+    "METRICS",
+    "ORDERS",
+    "REFERENCES",
+    "Curve",
+    "Randomisation",
+    "SoftMask",
+    "deletion",
+    "insertion",
+    "randomisable_layers",
+    "randomisation_test",
+    "reference_maps",
+    "similarity",
+    "soft_mask",
+]

@@ -1,0 +1,141 @@
+"""The model randomisation test (Adebayo et al. 2018): does a method's map change when the
+model's weights are re-initialised? A map that stays the same cannot explain what the model
+learned.
+
+The test works on a copy: the model passed in is never modified. Layers with parameters of
+their own and a `reset_parameters` (convolutions, linear layers, normalisations) are
+re-initialised from the output down, each with its own default initialisation under a seed:
+"cascade" keeps the layers above randomised as it goes down, "independent" randomises one layer
+at a time. At each step every method's maps are compared with the original ones
+(`convlens.trust.similarity`); the summary score is the mean Spearman rank correlation of
+|map| over all steps and images (the area under the similarity curve), and a method passes
+when that score is below the midpoint between its randomisation baseline and 1.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from convlens._errors import ConvlensError
+from convlens.attribution.methods import method_function
+from convlens.targets import Target
+from convlens.trust.similarity import METRICS, baseline, similarity
+
+ORDERS = ("cascade", "independent")
+Method = str | Callable[..., torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Randomisation:
+    """`steps` the layers in the order randomised; `similarity[method][metric]` (len(steps), N)
+    each image's similarity to its original map after each step; `baseline[method][metric]`
+    the mean similarity between maps of different images of the unchanged model; `maps[method]`
+    (len(steps) + 1, K, ...) the first K images' maps, original first."""
+
+    order: str
+    steps: list[str]
+    similarity: dict[str, dict[str, np.ndarray]]
+    baseline: dict[str, dict[str, float]]
+    maps: dict[str, torch.Tensor]
+
+    @property
+    def score(self) -> dict[str, float]:
+        """Mean `spearman_abs` over all steps and images: the area under the curve."""
+        return {m: float(values["spearman_abs"].mean()) for m, values in self.similarity.items()}
+
+    @property
+    def passed(self) -> dict[str, bool]:
+        """Whether each method's score is below the midpoint between its baseline and 1."""
+        return {
+            m: score < (self.baseline[m]["spearman_abs"] + 1) / 2 for m, score in self.score.items()
+        }
+
+
+def randomisable_layers(model: nn.Module) -> list[str]:
+    """Modules with parameters of their own and a `reset_parameters`, from the output down
+    (reverse registration order)."""
+    found = [
+        name
+        for name, module in model.named_modules()
+        if name
+        and any(True for _ in module.parameters(recurse=False))
+        and callable(getattr(module, "reset_parameters", None))
+    ]
+    return found[::-1]
+
+
+def _named(methods: Sequence[Method]) -> dict[str, Callable[..., torch.Tensor]]:
+    named = {}
+    for method in methods:
+        name = method if isinstance(method, str) else getattr(method, "__name__", repr(method))
+        named[name] = method_function(method) if isinstance(method, str) else method
+    if not named:
+        raise ValueError("give at least one method")
+    return named
+
+
+def _maps(
+    named: dict[str, Callable[..., torch.Tensor]],
+    model: nn.Module,
+    images: torch.Tensor,
+    target: Target,
+) -> dict[str, torch.Tensor]:
+    return {name: fn(model, images, target).detach().cpu() for name, fn in named.items()}
+
+
+def _reset(module: nn.Module, seed: int) -> None:
+    """Re-initialise `module` with its own default initialisation under `seed`."""
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        module.reset_parameters()
+
+
+def randomisation_test(
+    model: nn.Module,
+    images: torch.Tensor,
+    target: Target,
+    methods: Sequence[Method],
+    order: str = "cascade",
+    seed: int = 0,
+    keep: int = 4,
+) -> Randomisation:
+    """Adebayo et al.'s model randomisation test of `methods` (names of
+    `convlens.attribution.METHODS` or callables `(model, images, target) -> maps`).
+
+    Example:
+        >>> found = randomisation_test(model, images, labels, ["gradient", "guided"])  # doctest: +SKIP
+        >>> found.passed  # doctest: +SKIP
+        {'gradient': True, 'guided': False}
+    """
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
+    named = _named(methods)
+    work = copy.deepcopy(model).eval()
+    layers = randomisable_layers(work)
+    if not layers:
+        raise ConvlensError("the model has no layer with parameters and reset_parameters")
+    original = _maps(named, work, images, target)
+    kept = {name: [maps[:keep]] for name, maps in original.items()}
+    curves: dict[str, dict[str, list]] = {name: {m: [] for m in METRICS} for name in named}
+    saved = copy.deepcopy(work.state_dict())
+    for step, layer in enumerate(layers):
+        if order == "independent":
+            work.load_state_dict(saved)
+        _reset(work.get_submodule(layer), seed + step)
+        for name, maps in _maps(named, work, images, target).items():
+            kept[name].append(maps[:keep])
+            for metric, values in similarity(original[name], maps).items():
+                curves[name][metric].append(values)
+    return Randomisation(
+        order=order,
+        steps=layers,
+        similarity={n: {m: np.stack(v) for m, v in c.items()} for n, c in curves.items()},
+        baseline={name: baseline(maps) for name, maps in original.items()},
+        maps={name: torch.stack(values) for name, values in kept.items()},
+    )

@@ -1,0 +1,147 @@
+"""Sanity checks and faithfulness: deletion and insertion against the analytic curve of a linear
+model, the randomisation test against methods known to pass and to fail, the user's model left
+bit-identical."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import TinyResNet
+from torch import nn
+
+import convlens as cl
+from convlens.trust import randomisable_layers, reference_maps, similarity
+from convlens.trust.reference import edge_map
+
+
+class Linear2(nn.Module):
+    """logits = (sum(w * x), 0): the probability of class 0 is sigmoid(sum(w * x))."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        score = (self.weight * x).flatten(1).sum(1)
+        return torch.stack([score, torch.zeros_like(score)], dim=1)
+
+
+def analytic(weight, image, attribution, steps, kind, baseline=0.0):
+    """The curve written out: pixels in order of attribution (ties to the lower index), the
+    score after each step summed by hand."""
+    flat_w, flat_x, flat_a = (
+        weight.flatten().tolist(),
+        image.flatten().tolist(),
+        attribution.flatten().tolist(),
+    )
+    order = sorted(range(len(flat_a)), key=lambda p: (-flat_a[p], p))
+    curve = []
+    for i in range(steps + 1):
+        chosen = set(order[: round(i * len(order) / steps)])
+        score = 0.0
+        for p in range(len(order)):
+            removed = p in chosen if kind == "deletion" else p not in chosen
+            score += flat_w[p] * (baseline if removed else flat_x[p])
+        curve.append(1 / (1 + math.exp(-score)))
+    return torch.tensor(curve)
+
+
+@pytest.mark.parametrize("kind", ["deletion", "insertion"])
+def test_deletion_and_insertion_follow_the_analytic_curve_of_a_linear_model(kind):
+    torch.manual_seed(0)
+    weight = torch.randn(1, 1, 6, 5) * 0.5
+    images = torch.randn(3, 1, 6, 5)
+    model = Linear2(weight)
+    attribution = (weight * images)[:, 0]
+    attribution[1, 0, :3] = attribution[1, 0, 0]  # ties, broken by the lower index
+    method = cl.deletion if kind == "deletion" else cl.insertion
+    found = method(model, images, 0, attribution, steps=7, baseline=0.25, batch_size=5)
+    for n in range(3):
+        expected = analytic(weight, images[n], attribution[n], 7, kind, 0.25)
+        torch.testing.assert_close(found.curve[n], expected, atol=1e-6, rtol=1e-5)
+        area = (expected.sum() - (expected[0] + expected[-1]) / 2) / 7
+        torch.testing.assert_close(found.auc[n], area, atol=1e-6, rtol=1e-5)
+    # a channel axis sums into the ranking
+    again = method(model, images, 0, attribution[:, None], steps=7, baseline=0.25)
+    torch.testing.assert_close(again.curve, found.curve)
+
+
+def test_soft_mask_scores_by_hand():
+    torch.manual_seed(1)
+    weight = torch.randn(1, 1, 4, 4)
+    images = torch.randn(5, 1, 4, 4)
+    model = Linear2(weight)
+    maps = torch.rand(5, 4, 4)
+    found = cl.soft_mask(model, images, 0, maps)
+    for n in range(5):
+        scaled = (maps[n] - maps[n].min()) / (maps[n].max() - maps[n].min())
+        before = torch.sigmoid((weight[0, 0] * images[n, 0]).sum())
+        after = torch.sigmoid((weight[0, 0] * images[n, 0] * scaled).sum())
+        assert math.isclose(
+            float(found.drop[n]), max(0.0, float((before - after) / before)), abs_tol=1e-6
+        )
+        assert bool(found.increase[n]) == bool(after > before)
+    assert found.average_drop == pytest.approx(100 * float(found.drop.mean()))
+
+
+def test_the_randomisation_test_leaves_the_model_bit_identical():
+    torch.manual_seed(0)
+    model = TinyResNet().train()
+    model.conv1.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    modes = [m.training for m in model.modules()]
+    images = torch.randn(3, 2, 16, 16)
+    found = cl.randomisation_test(model, images, [0, 1, 2], ["gradient", "deconvnet"])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert modes == [m.training for m in model.modules()]
+    assert all(not (m._forward_hooks or m._forward_pre_hooks) for m in model.modules())
+    assert all(p.grad is None for p in model.parameters())
+    assert found.steps == randomisable_layers(model) and found.steps[0] == "head"
+    assert found.similarity["gradient"]["ssim"].shape == (len(found.steps), 3)
+    assert found.maps["deconvnet"].shape == (len(found.steps) + 1, 3, 2, 16, 16)
+
+
+def edges(model, images, target):
+    """A 'method' that never looks at the model."""
+    return edge_map(images)
+
+
+def test_an_edge_detector_fails_and_the_gradient_of_a_trained_model_passes(trained_default):
+    loaded, _ = trained_default
+    data = cl.data.FashionMNIST("test", transform=loaded.transform)
+    images = torch.stack([data[i][0] for i in range(16)])
+    labels = [data[i][1] for i in range(16)]
+    found = cl.randomisation_test(loaded.model, images, labels, ["gradient", edges])
+    assert found.passed == {"gradient": True, "edges": False}
+    assert found.score["edges"] == pytest.approx(1.0)
+    again = cl.randomisation_test(loaded.model, images, labels, ["gradient", edges])
+    assert found.score == again.score
+    independent = cl.randomisation_test(loaded.model, images, labels, [edges], order="independent")
+    assert not independent.passed["edges"]
+
+
+def test_similarity_of_a_map_with_itself_is_one_and_references_have_their_shapes():
+    torch.manual_seed(2)
+    maps = torch.randn(4, 3, 24, 24)
+    found = similarity(maps, maps)
+    for metric, values in found.items():
+        assert values == pytest.approx(1.0), metric
+    refs = reference_maps(torch.randn(4, 3, 24, 20))
+    assert {name: tuple(m.shape) for name, m in refs.items()} == {
+        name: (4, 24, 20) for name in ("random", "edges", "centre")
+    }
+    centre = refs["centre"][0]
+    assert float(centre[11:13, 9:11].min()) == pytest.approx(float(centre.max()), rel=0.05)
+
+
+def test_bad_inputs_are_clear_errors():
+    model = Linear2(torch.ones(1, 1, 4, 4))
+    images = torch.randn(2, 1, 4, 4)
+    with pytest.raises(ValueError, match="does not match images"):
+        cl.deletion(model, images, 0, torch.rand(2, 5, 5))
+    with pytest.raises(ValueError, match="steps must be an integer >= 1"):
+        cl.insertion(model, images, 0, torch.rand(2, 4, 4), steps=0)
+    with pytest.raises(ValueError, match="order must be one of cascade, independent"):
+        cl.randomisation_test(model, images, 0, ["gradient"], order="backwards")
