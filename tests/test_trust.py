@@ -145,3 +145,31 @@ def test_bad_inputs_are_clear_errors():
         cl.insertion(model, images, 0, torch.rand(2, 4, 4), steps=0)
     with pytest.raises(ValueError, match="order must be one of cascade, independent"):
         cl.randomisation_test(model, images, 0, ["gradient"], order="backwards")
+
+
+def test_data_randomisation_compares_the_two_models_maps():
+    torch.manual_seed(0)
+    model, other = TinyResNet().eval(), TinyResNet().eval()
+    images = torch.randn(4, 2, 16, 16)
+    same = cl.data_randomisation_test(model, model, images, [0, 1, 2, 0], ["gradient", edges])
+    assert same.score["gradient"] == pytest.approx(1.0) and not same.passed["gradient"]
+    found = cl.data_randomisation_test(model, other, images, [0, 1, 2, 0], ["gradient", edges])
+    assert found.passed == {"gradient": True, "edges": False}
+    assert found.maps["gradient"].shape == (2, 4, 2, 16, 16)
+
+
+@pytest.mark.skipif(not cl.data.fashion_mnist.DEBIAN_DIR.exists(), reason="needs Fashion-MNIST")
+def test_shuffled_labels_are_a_seeded_permutation_of_the_labels():
+    from convlens.models.zoo import BUILTIN_MODELS
+    from convlens.training import TrainConfig, _tensors
+
+    spec = BUILTIN_MODELS["zfnet-fashion"]
+    plain, _ = _tensors(TrainConfig(train_subset=500), spec)
+    shuffled, _ = _tensors(TrainConfig(train_subset=500, shuffle_labels=True), spec)
+    again, _ = _tensors(TrainConfig(train_subset=500, shuffle_labels=True), spec)
+    labels, permuted = plain.tensors[1], shuffled.tensors[1]
+    assert torch.equal(permuted, again.tensors[1]) and torch.equal(
+        plain.tensors[0], shuffled.tensors[0]
+    )
+    assert torch.equal(labels.sort().values, permuted.sort().values)
+    assert (labels == permuted).float().mean() < 0.2

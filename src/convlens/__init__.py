@@ -43,7 +43,13 @@ from convlens.synthesis import fgsm, fooling_image, invert, synthesize, synthesi
 from convlens.targets import Unit
 from convlens.topk import ScanResult, TopK
 from convlens.training import load_model
-from convlens.trust import deletion, insertion, randomisation_test, soft_mask
+from convlens.trust import (
+    data_randomisation_test,
+    deletion,
+    insertion,
+    randomisation_test,
+    soft_mask,
+)
 
 __version__ = "0.1.0"
 
@@ -69,6 +75,7 @@ __all__ = [
     "conv_layers",
     "correspondence",
     "data",
+    "data_randomisation_test",
     "dead_units",
     "deconvnet",
     "deletion",

@@ -42,6 +42,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_epochs: tuple[int, ...] = DEFAULT_CHECKPOINT_EPOCHS
     train_subset: int | None = None
+    shuffle_labels: bool = False
 
 
 @dataclass
@@ -124,6 +125,9 @@ def _tensors(config: TrainConfig, spec: BuiltinModel) -> tuple[TensorDataset, Te
     x_train, y_train = _normalised(train_set, spec.mean, spec.std), train_set.labels
     if config.train_subset:
         x_train, y_train = x_train[: config.train_subset], y_train[: config.train_subset]
+    if config.shuffle_labels:  # the data randomisation test's model: labels that mean nothing
+        order = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(config.seed))
+        y_train = y_train[order]
     test = TensorDataset(_normalised(test_set, spec.mean, spec.std), test_set.labels)
     return TensorDataset(x_train, y_train), test
 

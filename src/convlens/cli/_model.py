@@ -55,6 +55,12 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
         "--train-subset", type=positive_int, help="train on the first N training images only"
     )
     parser.add_argument(
+        "--shuffle-labels",
+        action="store_true",
+        help="train on randomly permuted labels (the data randomisation test's model; kept in "
+        "the cache as <model>-shuffled-labels, load it with --weights <folder>/final.safetensors)",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         help="checkpoint folder (default: the user cache, where load_model finds it)",
@@ -76,8 +82,10 @@ def _train(args: argparse.Namespace) -> None:
         seed=args.seed,
         checkpoint_epochs=tuple(args.checkpoint_epochs),
         train_subset=args.train_subset,
+        shuffle_labels=args.shuffle_labels,
     )
-    out = args.out or default_model_dir(args.model)
+    name = f"{args.model}-shuffled-labels" if args.shuffle_labels else args.model
+    out = args.out or default_model_dir(name)
     result = train(
         config,
         out,

@@ -5,7 +5,9 @@ Average Drop and Increase in Confidence), with reference maps that know nothing 
 from convlens.trust.faithfulness import Curve, SoftMask, deletion, insertion, soft_mask
 from convlens.trust.randomisation import (
     ORDERS,
+    DataRandomisation,
     Randomisation,
+    data_randomisation_test,
     randomisable_layers,
     randomisation_test,
 )
@@ -17,8 +19,10 @@ __all__ = [
     "ORDERS",
     "REFERENCES",
     "Curve",
+    "DataRandomisation",
     "Randomisation",
     "SoftMask",
+    "data_randomisation_test",
     "deletion",
     "insertion",
     "randomisable_layers",

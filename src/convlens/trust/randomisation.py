@@ -139,3 +139,51 @@ def randomisation_test(
         baseline={name: baseline(maps) for name, maps in original.items()},
         maps={name: torch.stack(values) for name, values in kept.items()},
     )
+
+
+@dataclass(frozen=True)
+class DataRandomisation:
+    """The data randomisation test: `similarity[method][metric]` (N,) each image's map by the
+    model trained on permuted labels against its map by the trained model; `baseline` as in
+    `Randomisation`; `maps[method]` (2, K, ...) the first K images' maps, trained model first."""
+
+    similarity: dict[str, dict[str, np.ndarray]]
+    baseline: dict[str, dict[str, float]]
+    maps: dict[str, torch.Tensor]
+
+    @property
+    def score(self) -> dict[str, float]:
+        """Mean `spearman_abs` over the images."""
+        return {m: float(values["spearman_abs"].mean()) for m, values in self.similarity.items()}
+
+    @property
+    def passed(self) -> dict[str, bool]:
+        """Whether each method's score is below the midpoint between its baseline and 1."""
+        return {
+            m: score < (self.baseline[m]["spearman_abs"] + 1) / 2 for m, score in self.score.items()
+        }
+
+
+def data_randomisation_test(
+    model: nn.Module,
+    shuffled: nn.Module,
+    images: torch.Tensor,
+    target: Target,
+    methods: Sequence[Method],
+    keep: int = 4,
+) -> DataRandomisation:
+    """Adebayo et al.'s data randomisation test: each method's maps by `model` and by `shuffled`,
+    the same network trained on randomly permuted labels (`convlens train --shuffle-labels`).
+    A map that looks the same for a model that learned nothing about the labels does not
+    explain what `model` learned.
+
+    Example:
+        >>> found = data_randomisation_test(trained, shuffled, images, labels, ["guided"])  # doctest: +SKIP
+    """
+    named = _named(methods)
+    trained, random = _maps(named, model, images, target), _maps(named, shuffled, images, target)
+    return DataRandomisation(
+        similarity={name: similarity(trained[name], random[name]) for name in named},
+        baseline={name: baseline(maps) for name, maps in trained.items()},
+        maps={name: torch.stack([trained[name][:keep], random[name][:keep]]) for name in named},
+    )
