@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from test_loading import cache_random_default
 
@@ -255,3 +256,37 @@ def test_attribute_smooths_through_the_noise_tunnel(cache, tmp_path, capsys):
     np.testing.assert_allclose(
         np.load(out / "gradcam.npz")["gradcam"], expected[0].numpy(), atol=1e-6
     )
+
+
+@pytest.mark.skipif(not DEBIAN_DIR.exists(), reason="needs Debian's dataset-fashion-mnist")
+def test_trust_writes_the_table_figures_and_numbers_of_the_library(cache, tmp_path, capsys):
+    import json
+
+    import convlens as cl
+    from convlens.trust.assess import assess
+
+    cache_random_default()
+    out = tmp_path / "trust"
+    args = ["trust", "--n", "6", "--methods", "gradient,guided", "--steps", "8"]
+    assert main([*args, "--out", str(out)]) == 0
+    assert "randomisation" in capsys.readouterr().out
+    numbers = json.loads((out / "trust.json").read_text())
+    loaded = cl.load_model("zfnet-fashion")
+    data = cl.data.FashionMNIST("test", transform=loaded.transform)
+    images = torch.stack([data[i][0] for i in range(6)])
+    expected = assess(
+        loaded.model, images, [data[i][1] for i in range(6)], ["gradient", "guided"], steps=8
+    )
+    for row, mine in zip(numbers["table"], expected.table()):
+        assert row["map"] == mine["map"] and row["passes"] == mine["passes"]
+        assert row["deletion_auc"] == pytest.approx(mine["deletion_auc"], abs=1e-6)
+    assert [r["map"] for r in numbers["table"]] == [
+        "gradient",
+        "guided",
+        "random",
+        "edges",
+        "centre",
+    ]
+    assert (out / "trust.csv").read_text().startswith("map,randomisation,baseline,passes")
+    for figure in ("randomisation", "similarity", "faithfulness"):
+        assert np.asarray(Image.open(out / f"{figure}.png")).std() > 10, figure

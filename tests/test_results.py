@@ -22,6 +22,7 @@ from convlens.models.zoo import BUILTIN_MODELS, FASHION_CLASSES
 from convlens.occlusion import strongest_projection
 from convlens.report import figures, results
 from convlens.synthesis import adversarial_accuracy, class_score
+from convlens.trust.assess import assess
 
 
 class RaisingForward(nn.Module):
@@ -89,6 +90,7 @@ def cases(made) -> dict:
         "save_evolution": (evo, {layers[-1]: tiles}),
         "save_invariance": (cl.invariance(model, images[:2], labels[:2], layers[:2], "rotate"),),
         "save_dead_units": (cl.dead_units(model, data, layers),),
+        "save_trust": (assess(model, images[:3], labels[:3], ["gradient", "gradcam"], steps=4),),
     }
 
 

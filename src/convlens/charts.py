@@ -3,6 +3,8 @@ Zeiler & Fergus Fig. 5. Pure, like `convlens.render`, whose class colours they s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
@@ -32,10 +34,16 @@ def scatter(xy: np.ndarray, labels: np.ndarray, names: list[str], size: int = 64
 
 
 def line_plot(
-    xs: list[float], lines: np.ndarray, title: str, x_label: str, size: tuple[int, int] = (320, 220)
+    xs: list[float],
+    lines: np.ndarray,
+    title: str,
+    x_label: str,
+    size: tuple[int, int] = (320, 220),
+    names: Sequence[str] = (),
 ) -> np.ndarray:
     """One line per row of `lines` (L, len(xs)) over `xs`, in class-map colours, with the
-    y range printed: the panels of Zeiler & Fergus Fig. 5."""
+    y range printed (the panels of Zeiler & Fergus Fig. 5), and a legend of `names` at the
+    right when given."""
     lines = np.asarray(lines, dtype=np.float64)
     width, height = size
     left, top, right, bottom = 40, 18, 8, 22
@@ -61,4 +69,17 @@ def line_plot(
     draw.text((left, height - bottom + 4), f"{min(xs):g}", fill="black", font=font)
     draw.text((width - right - 30, height - bottom + 4), f"{max(xs):g}", fill="black", font=font)
     draw.text((width // 2 - 20, height - bottom + 4), x_label, fill="black", font=font)
-    return np.asarray(canvas)
+    return _with_legend(np.asarray(canvas), names)
+
+
+def _with_legend(chart: np.ndarray, names: Sequence[str], width: int = 120) -> np.ndarray:
+    """`chart` with a column of colour keys and `names` at its right (unchanged without names)."""
+    if not names:
+        return chart
+    legend = Image.new("RGB", (width, chart.shape[0]), "white")
+    draw = ImageDraw.Draw(legend)
+    for row, name in enumerate(names):
+        colour = tuple(int(c) for c in CLASS_COLOURS[row % len(CLASS_COLOURS)])
+        draw.rectangle([4, 20 + row * 14, 14, 30 + row * 14], fill=colour)
+        draw.text((18, 18 + row * 14), name[:16], fill="black", font=ImageFont.load_default())
+    return np.concatenate([chart, np.asarray(legend)], axis=1)

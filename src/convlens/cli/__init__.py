@@ -13,11 +13,31 @@ from convlens._errors import ConvlensError
 from convlens.cli._registry import COMMANDS, Command, Parser, command
 
 # isort: off
-from convlens.cli import _model, _image, _attribute, _synthesis, _codes, _analysis, _dataset, _atlas
+from convlens.cli import (
+    _model,
+    _image,
+    _attribute,
+    _trust,
+    _synthesis,
+    _codes,
+    _analysis,
+    _dataset,
+    _atlas,
+)
 
 # isort: on
 
-GROUPS = (_model, _image, _attribute, _synthesis, _codes, _analysis, _dataset, _atlas)
+GROUPS = (
+    _model,
+    _image,
+    _attribute,
+    _trust,
+    _synthesis,
+    _codes,
+    _analysis,
+    _dataset,
+    _atlas,
+)
 """The modules of the command groups, in the order their commands are registered and listed."""
 
 

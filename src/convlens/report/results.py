@@ -20,9 +20,10 @@ from convlens.embedding import Embedding, Neighbours
 from convlens.models.layers import LayerInfo
 from convlens.models.loading import LoadedModel
 from convlens.occlusion import Occlusion
-from convlens.report import figures
+from convlens.report import figures, trust_figures
 from convlens.report.writer import write_npz, write_png, write_pngs, write_text
 from convlens.synthesis import AdversarialAccuracy, Fooling, Inversion, Synthesis
+from convlens.trust.assess import Trust
 
 
 def layer_table(
@@ -263,3 +264,43 @@ def save_dead_units(stats: dict[str, DeadUnits], out: Path) -> Path:
             for layer, s in stats.items()
         },
     )
+
+
+def save_trust(found: Trust, out: Path) -> list[Path]:
+    """`convlens trust`'s results: `trust.csv` (the table), `trust.json` (every number: the
+    table, each method's similarity curves per image, each map's deletion and insertion curves
+    and soft-mask scores), and the figures `randomisation.png`, `similarity.png` and
+    `faithfulness.png`."""
+    rows = found.table()
+    header = list(rows[0])
+    lines = [",".join(header)] + [",".join(_cell(row[k]) for k in header) for row in rows]
+    numbers = {
+        "table": rows,
+        "steps": found.randomisation.steps,
+        "baseline": found.randomisation.baseline,
+        "similarity": {
+            m: {k: v.tolist() for k, v in metrics.items()}
+            for m, metrics in found.randomisation.similarity.items()
+        },
+        "deletion": {n: c.curve.tolist() for n, c in found.deletion.items()},
+        "insertion": {n: c.curve.tolist() for n, c in found.insertion.items()},
+        "soft_mask": {
+            n: {"drop": s.drop.tolist(), "increase": s.increase.tolist()}
+            for n, s in found.soft_mask.items()
+        },
+    }
+    return [
+        write_text(out / "trust.csv", "\n".join(lines) + "\n"),
+        write_json(out / "trust.json", numbers),
+        write_png(
+            out / "randomisation.png", trust_figures.randomisation_figure(found.randomisation)
+        ),
+        write_png(out / "similarity.png", trust_figures.similarity_figure(found.randomisation)),
+        write_png(out / "faithfulness.png", trust_figures.faithfulness_figure(found)),
+    ]
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
