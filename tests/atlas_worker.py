@@ -29,6 +29,7 @@ def main() -> None:
         layers=["features.1", "features.9", "features.13"],
         images=5,
         skip=("evolution",),
+        trust_images=4,
         synthesis_steps=4,
         embed=100,
         data_description="fashion-mnist test, first 144",

@@ -50,6 +50,7 @@ def atlas(tmp_path_factory) -> Path:
         synthesis_steps=4,
         embed=100,
         data_description="fashion-mnist test, first 144",
+        trust_images=8,
     )
     write_atlas(loaded, data, out, config, progress=False)
     return out
@@ -72,7 +73,17 @@ def test_every_local_link_of_every_page_resolves_and_nothing_is_external(atlas):
 def test_resume_skips_finished_stages(atlas):
     marks = sorted(p.stem for p in (atlas / ".stages").glob("*.json"))
     assert marks == sorted(
-        ["summary", "scan", "units", "synthesis", "evolution", "images", "embedding", "invariance"]
+        [
+            "summary",
+            "scan",
+            "units",
+            "synthesis",
+            "evolution",
+            "images",
+            "embedding",
+            "invariance",
+            "trust",
+        ]
     )
 
 
@@ -86,6 +97,10 @@ def test_image_pages_show_five_attributions_on_one_scale_and_each_on_its_own(atl
     for name in ("saliency-overlay", "guided", "gradcam-overlay", "guided-gradcam", "ig"):
         assert np.asarray(Image.open(folder / f"{name}.png")).std() > 1, name
         assert f"{name}.png" in (atlas / "image-0.html").read_text()
+    page = (atlas / "image-0.html").read_text()
+    assert 'href="trust.html"' in page and "guided-gradcam " in page
+    trust = (atlas / "trust.html").read_text()
+    assert trust.count("<tr>") == 1 + 7 + 3  # header, the methods, the reference maps
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium")
@@ -182,7 +197,7 @@ def test_a_photo_model_gets_jpeg_figures_and_each_source_image_once(tmp_path):
     transform = Preprocess(3, (96, 96), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     loaded = LoadedModel(model, transform, ("a", "b", "c", "d"), (3, 96, 96), "alexnet")
     data = open_data("sample:coffee,chelsea,rocket,astronaut", transform)
-    config = AtlasConfig(layers=["features.1"], images=1, skip=("synthesis", "evolution"))
+    config = AtlasConfig(layers=["features.1"], images=1, skip=("synthesis", "evolution", "trust"))
     write_atlas(loaded, data, tmp_path, config, progress=False)
     top9 = tmp_path / "img" / "units" / "features.1" / "0003-top9.jpg"
     assert np.asarray(Image.open(top9)).std() > 5

@@ -26,7 +26,11 @@ def write_pages(job: Job) -> None:
             for c in range(result[layer].values.shape[0]):
                 unit_page(job, layer, c, result[layer], done)
     for page in (done["images"] or {}).get("pages", []):
-        image_page(job, page)
+        image_page(job, page, done)
+    if done["trust"]:
+        write_page(
+            job.site.out / "trust.html", "trust.html.j2", **_common(job), trust=done["trust"]
+        )
     index_page(job, done)
 
 
@@ -98,13 +102,16 @@ def _sources(job: Job, top: TopK, c: int) -> list[dict]:
     return rows
 
 
-def image_page(job: Job, page: dict) -> None:
-    """Prediction, saliency, guided backprop, maps and projections per layer, occlusion."""
+def image_page(job: Job, page: dict, done: dict) -> None:
+    """Prediction, attributions (with the sanity check's verdict on each method), maps and
+    projections per layer, occlusion."""
+    verdicts = {row["map"]: row["passes"] for row in (done["trust"] or {}).get("table", [])}
     write_page(
         job.site.out / job.site.image_page(page["index"]),
         "image.html.j2",
         **_common(job),
         page=page,
+        verdicts=verdicts,
     )
 
 

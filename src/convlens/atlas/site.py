@@ -24,7 +24,8 @@ class AtlasConfig:
     files for the evolution (default: the built-in model's epoch checkpoints when present),
     `synthesis` "unit" (each unit's image covers its receptive field, `synthesize_units`) or
     "full" (an input-sized image maximising the channel's mean); `synthesis_steps` None means
-    the mode's own (`UNIT_STEPS` at learning rate `UNIT_LR`, or the full mode's 256)."""
+    the mode's own (`UNIT_STEPS` at learning rate `UNIT_LR`, or the full mode's 256);
+    `trust_images` the images of the sanity checks and faithfulness scores."""
 
     def __post_init__(self) -> None:
         if self.synthesis not in SYNTHESIS_MODES:
@@ -38,6 +39,7 @@ class AtlasConfig:
     synthesis_steps: int | None = None
     embed: int = 1600
     data_description: str = ""
+    trust_images: int = 32
 
 
 PHOTO_KINDS = ("top9", "thumb", "synthesis")

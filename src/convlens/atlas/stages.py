@@ -39,10 +39,12 @@ from convlens.report.results import (
     save_neighbours,
     save_occlusion,
     save_synthesis,
+    save_trust,
 )
 from convlens.scan import ScanResult, TopExamples, scan, top_examples_of
 from convlens.synthesis import class_score, synthesize
 from convlens.targets import Unit
+from convlens.trust.assess import TRUST_METHODS, assess
 
 Stage = Callable[[Job], dict]
 STAGES: dict[str, Stage] = {}
@@ -338,3 +340,21 @@ def invariance_stage(job: Job) -> dict:
         result = invariance(job.loaded.model, images, labels, layers, transform)
         plots.append(save_invariance(result, job.site.img).name)
     return {"plots": plots}
+
+
+@stage("trust", skippable=True)
+def trust_stage(job: Job) -> dict:
+    """Sanity checks and faithfulness of the image pages' methods (`convlens trust`) on the
+    first `trust_images` images, their labels (or predictions) as targets."""
+    if job.rank != 0:
+        return {}
+    count = min(job.config.trust_images, len(job.data))
+    images, labels = take(job.data, list(range(count)))
+    if all(label >= 0 for label in labels):
+        target = labels
+    else:
+        with torch.no_grad():
+            target = job.loaded.model(images.to(model_device(job.loaded.model))).argmax(1).cpu()
+    found = assess(job.loaded.model, images, target, TRUST_METHODS)
+    save_trust(found, job.site.img / "trust")
+    return {"images": count, "table": found.table(), "steps": found.randomisation.steps}
