@@ -123,7 +123,14 @@ def run_stages(
     """Every wanted stage in order, timed, then the pages; a line each and the total."""
     config = AtlasConfig(synthesis_steps=args.synthesis_steps, data_description=str(photos))
     data = with_transform(open_data(photos), loaded.transform)
-    job = Job(loaded, data, default_layers(loaded.model), config, Site.for_model(out, loaded.input_size), args.progress)
+    job = Job(
+        loaded,
+        data,
+        default_layers(loaded.model),
+        config,
+        Site.for_model(out, loaded.input_size),
+        args.progress,
+    )
     out.mkdir(parents=True, exist_ok=True)
     total = 0.0
     for stage in [s for s in STAGES if s in args.stages]:
