@@ -18,7 +18,10 @@ largest absolute difference between the curves is below 1e-5; `ratio` = naive se
 convlens seconds on the same images and maps.
 
 Prints one JSON line for the whole run (with its breakdown) and one for the naive comparison,
-each with the load average (other work may share the 2 cores).
+each with torch's thread count (its default unless OMP_NUM_THREADS is set) and the load average.
+When other work keeps the 2 cores busy, two threads can be several times slower than one (a
+forward of 64 images: 0.23-0.28 s against 0.03 s at a load average of 4.5); then run with
+OMP_NUM_THREADS=1.
 Targets: the whole run of 200 images under 180 s on this machine; convlens's deletion and
 insertion >= 5x faster than the naive loop, with equal curves.
 Run: python benchmarks/trust.py [--images 200] [--naive-images 20] [--steps 32] [--no-save]
