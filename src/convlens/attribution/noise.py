@@ -36,7 +36,10 @@ def noisy_batches(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(noisy images, their image indices), `batch_size` at a time, sample by sample."""
     generator = torch.Generator(images.device)
-    generator.manual_seed(seed) if seed is not None else generator.seed()
+    if seed is None:
+        generator.seed()  # fresh noise each call
+    else:
+        generator.manual_seed(seed)
     count, pending, indices = len(images), [], []
     for _ in range(samples):
         noise = torch.randn(images.shape, generator=generator, device=images.device)
