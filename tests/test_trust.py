@@ -173,3 +173,18 @@ def test_shuffled_labels_are_a_seeded_permutation_of_the_labels():
     )
     assert torch.equal(labels.sort().values, permuted.sort().values)
     assert (labels == permuted).float().mean() < 0.2
+
+
+def test_a_shuffled_model_with_constant_maps_is_flagged():
+    class Constant(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bias = nn.Parameter(torch.zeros(3))
+
+        def forward(self, x):
+            return self.bias.expand(len(x), 3) + 0 * x.flatten(1)[:, :3]
+
+    torch.manual_seed(0)
+    images = torch.randn(4, 2, 16, 16)
+    with pytest.warns(UserWarning, match="has not fitted its labels"):
+        cl.data_randomisation_test(TinyResNet().eval(), Constant(), images, 0, ["gradient"])

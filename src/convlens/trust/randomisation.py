@@ -15,6 +15,7 @@ when that score is below the midpoint between its randomisation baseline and 1.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -164,6 +165,22 @@ class DataRandomisation:
         }
 
 
+def _warn_if_constant(maps: dict[str, torch.Tensor]) -> None:
+    """Warn when most of the shuffled model's maps are constant: a model that did not fit its
+    permuted labels (stuck at chance, outputs constant) gives maps that decorrelate from
+    anything, and the test then says nothing."""
+    for name, values in maps.items():
+        flat = values.flatten(1)
+        constant = float((flat.amax(1) == flat.amin(1)).float().mean())
+        if constant > 0.5:
+            warnings.warn(
+                f"{name}: {constant:.0%} of the shuffled-label model's maps are constant; it "
+                "has not fitted its labels, so the data randomisation test says nothing here "
+                "(train it longer, until it fits the permuted training labels)",
+                stacklevel=3,
+            )
+
+
 def data_randomisation_test(
     model: nn.Module,
     shuffled: nn.Module,
@@ -182,6 +199,7 @@ def data_randomisation_test(
     """
     named = _named(methods)
     trained, random = _maps(named, model, images, target), _maps(named, shuffled, images, target)
+    _warn_if_constant(random)
     return DataRandomisation(
         similarity={name: similarity(trained[name], random[name]) for name in named},
         baseline={name: baseline(maps) for name, maps in trained.items()},
