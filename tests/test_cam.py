@@ -316,3 +316,12 @@ def test_a_unit_target_gives_the_cam_of_that_activation():
     torch.testing.assert_close(cam, expected.detach())
     with pytest.raises(cl.ConvlensError, match="runs after the target unit's layer"):
         cl.grad_cam(net, x, cl.Unit("features.4", 0), layer="features.6")
+
+
+def test_gradient_methods_work_inside_a_callers_no_grad():
+    net = alex_like()
+    x, targets = inputs()
+    expected = {name: METHODS[name](net, x, targets) for name in ("gradient", "gradcam", "ig")}
+    with torch.no_grad():
+        for name, values in expected.items():
+            torch.testing.assert_close(METHODS[name](net, x, targets), values)

@@ -256,6 +256,9 @@ def test_attribute_smooths_through_the_noise_tunnel(cache, tmp_path, capsys):
     np.testing.assert_allclose(
         np.load(out / "gradcam.npz")["gradcam"], expected[0].numpy(), atol=1e-6
     )
+    # --batch-size bounds the noisy images, not also ig's own batch
+    args = ["--method", "ig", "--steps", "4", "--smooth", "2", "--batch-size", "1"]
+    assert main(["attribute", "--image", "sample:coffee", *args, "--out", str(out)]) == 0
 
 
 @pytest.mark.skipif(not DEBIAN_DIR.exists(), reason="needs Debian's dataset-fashion-mnist")

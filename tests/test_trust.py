@@ -188,3 +188,11 @@ def test_a_shuffled_model_with_constant_maps_is_flagged():
     images = torch.randn(4, 2, 16, 16)
     with pytest.warns(UserWarning, match="has not fitted its labels"):
         cl.data_randomisation_test(TinyResNet().eval(), Constant(), images, 0, ["gradient"])
+
+
+def test_one_image_and_two_callables_of_one_name_are_refused():
+    model = TinyResNet().eval()
+    with pytest.raises(ValueError, match="needs at least 2 images"):
+        cl.randomisation_test(model, torch.randn(1, 2, 16, 16), 0, ["gradient"])
+    with pytest.raises(ValueError, match="two methods are called 'edges'"):
+        cl.randomisation_test(model, torch.randn(2, 2, 16, 16), 0, [edges, edges])

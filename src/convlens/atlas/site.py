@@ -135,6 +135,10 @@ class Job:
             "layers": self.layers,
             "images": self.config.images,
         }
+        if stage in ("units", "synthesis"):  # their figures' format and folders
+            common |= {"photo": self.site.photo, "layout": 2}
         if stage == "synthesis":
             common |= {"mode": self.config.synthesis, "steps": self.config.synthesis_steps}
+        if stage == "trust":
+            common |= {"trust_images": self.config.trust_images}
         return common

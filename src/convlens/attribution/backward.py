@@ -118,7 +118,11 @@ def backward(
     check_images(images)
     units = target_units(target, len(images))
     x = as_input(images, model).requires_grad_(layer is None)
-    with preserved_state(model, training=False, frozen=True), ExitStack() as stack:
+    with (
+        torch.enable_grad(),  # also inside a caller's no_grad()
+        preserved_state(model, training=False, frozen=True),
+        ExitStack() as stack,
+    ):
         held = stack.enter_context(capture(model, [layer], leaf=True)) if layer else None
         unit_layers = sorted({unit.layer for unit in units}) if units else []
         acts = stack.enter_context(capture(model, unit_layers, detach=False, stop=bool(units)))

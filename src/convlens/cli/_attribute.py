@@ -120,7 +120,8 @@ def _attribute_one(
     """One method's map of the image (through the noise tunnel with --smooth), and what it
     reports: its layer, ig's completeness gap."""
     model, options = loaded.model, _options(method, args)
-    if args.smooth:
+    if args.smooth:  # --batch-size bounds the noisy images; the method runs on those
+        options.pop("batch_size", None)
         values = noise_tunnel(
             method, model, image[None], target, samples=args.smooth,
             sigma=0.15 if args.sigma is None else args.sigma, kind=args.kind or "smoothgrad",

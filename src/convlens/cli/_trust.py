@@ -12,6 +12,7 @@ from convlens.cli._inputs import load, open_checked
 from convlens.cli._options import (
     choices_list,
     data_option,
+    int_range,
     model_options,
     out_option,
     positive_int,
@@ -34,7 +35,7 @@ def _trust_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"comma-separated methods (default: {','.join(TRUST_METHODS)})",
     )
     parser.add_argument(
-        "--n", type=positive_int, default=100, help="images (the first N; default 100)"
+        "--n", type=int_range(2), default=100, help="images (the first N, at least 2; default 100)"
     )
     parser.add_argument(
         "--steps", type=positive_int, default=32, help="deletion and insertion steps"

@@ -127,9 +127,11 @@ def in_chunks(
     """`run(chunk, offset)` for each chunk of at most `batch_size` channels (None: one chunk),
     joined into one Synthesis of objective `name`. Memory is bounded by the chunk; with `synthesize(offset=...)`
     the images are those of one whole batch."""
-    size = batch_size or max(len(channels), 1)
-    if size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not channels:
+        raise ValueError("no channels to synthesise")
+    size = batch_size or len(channels)
     made = [run(channels[i : i + size], i) for i in range(0, len(channels), size)]
     if len(made) == 1:
         return made[0]

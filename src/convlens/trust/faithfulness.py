@@ -176,4 +176,5 @@ def soft_mask(
         index = torch.arange(len(x), device=x.device)
         before = logits.float().softmax(1)[index, classes].cpu()
         after = _probabilities(model, x * mask[:, None].to(x.device), classes, index)
-    return SoftMask((before - after).clamp_min(0) / before, after > before)
+    lost = (before - after).clamp_min(0) / torch.where(before > 0, before, 1)
+    return SoftMask(lost, after > before)  # nothing to lose where the probability is 0

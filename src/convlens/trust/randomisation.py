@@ -25,10 +25,11 @@ from torch import nn
 
 from convlens._errors import ConvlensError
 from convlens.attribution.methods import method_function
-from convlens.targets import Target
+from convlens.targets import Target, select_targets
 from convlens.trust.similarity import METRICS, baseline, similarity
 
 ORDERS = ("cascade", "independent")
+MAP_BATCH = 32  # images per method call
 Method = str | Callable[..., torch.Tensor]
 
 
@@ -75,10 +76,20 @@ def _named(methods: Sequence[Method]) -> dict[str, Callable[..., torch.Tensor]]:
     named = {}
     for method in methods:
         name = method if isinstance(method, str) else getattr(method, "__name__", repr(method))
+        if name in named:
+            raise ValueError(f"two methods are called {name!r}; give each callable its own name")
         named[name] = method_function(method) if isinstance(method, str) else method
     if not named:
         raise ValueError("give at least one method")
     return named
+
+
+def _check_images(images: torch.Tensor) -> None:
+    if len(images) < 2:
+        raise ValueError(
+            f"a randomisation test needs at least 2 images (its baseline compares maps of "
+            f"different images), got {len(images)}"
+        )
 
 
 def _maps(
@@ -87,12 +98,20 @@ def _maps(
     images: torch.Tensor,
     target: Target,
 ) -> dict[str, torch.Tensor]:
-    return {name: fn(model, images, target).detach().cpu() for name, fn in named.items()}
+    """Each method's maps of `images`, `MAP_BATCH` images at a time (memory bounded)."""
+    count = len(images)
+    chunks = [torch.arange(i, min(i + MAP_BATCH, count)) for i in range(0, count, MAP_BATCH)]
+    return {
+        name: torch.cat(
+            [fn(model, images[c], select_targets(target, count, c)).detach().cpu() for c in chunks]
+        )
+        for name, fn in named.items()
+    }
 
 
 def _reset(module: nn.Module, seed: int) -> None:
     """Re-initialise `module` with its own default initialisation under `seed`."""
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
+    with torch.random.fork_rng(), torch.no_grad():  # the caller's CPU and CUDA states kept
         torch.manual_seed(seed)
         module.reset_parameters()
 
@@ -117,6 +136,7 @@ def randomisation_test(
     if order not in ORDERS:
         raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
     named = _named(methods)
+    _check_images(images)
     work = copy.deepcopy(model).eval()
     layers = randomisable_layers(work)
     if not layers:
@@ -198,6 +218,7 @@ def data_randomisation_test(
         >>> found = data_randomisation_test(trained, shuffled, images, labels, ["guided"])  # doctest: +SKIP
     """
     named = _named(methods)
+    _check_images(images)
     trained, random = _maps(named, model, images, target), _maps(named, shuffled, images, target)
     _warn_if_constant(random)
     return DataRandomisation(
