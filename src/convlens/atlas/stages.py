@@ -44,7 +44,7 @@ from convlens.report.results import (
 from convlens.scan import ScanResult, TopExamples, scan, top_examples_of
 from convlens.synthesis import class_score, synthesize
 from convlens.targets import Unit
-from convlens.trust.assess import TRUST_METHODS, assess
+from convlens.trust.assess import TRUST_METHODS, assess, label_targets
 
 Stage = Callable[[Job], dict]
 STAGES: dict[str, Stage] = {}
@@ -350,11 +350,7 @@ def trust_stage(job: Job) -> dict:
         return {}
     count = min(job.config.trust_images, len(job.data))
     images, labels = take(job.data, list(range(count)))
-    if all(label >= 0 for label in labels):
-        target = labels
-    else:
-        with torch.no_grad():
-            target = job.loaded.model(images.to(model_device(job.loaded.model))).argmax(1).cpu()
+    target = label_targets(job.loaded.model, images, labels)
     found = assess(job.loaded.model, images, target, TRUST_METHODS)
     save_trust(found, job.site.img / "trust")
     return {"images": count, "table": found.table(), "steps": found.randomisation.steps}

@@ -27,7 +27,7 @@ DEFAULT_BATCH = (
 )
 
 
-def _scaled(maps: torch.Tensor) -> torch.Tensor:
+def unit_scaled(maps: torch.Tensor) -> torch.Tensor:
     """Each (h, w) map of (B, h, w) min-max scaled to [0, 1]; 0 where it is constant."""
     low = maps.amin((1, 2), keepdim=True)
     span = maps.amax((1, 2), keepdim=True) - low
@@ -103,12 +103,12 @@ def score_cam(
         cam = acts.new_zeros((len(x), *(size if upsample else acts.shape[-2:])))
         for index, channel in _pairs(acts.amax((2, 3)) > acts.amin((2, 3)), batch_size):
             low = acts[index, channel]
-            masks = _scaled(
+            masks = unit_scaled(
                 F.interpolate(low[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
             )
             masked = (x[index] * masks[:, None]).contiguous(memory_format=torch.channels_last)
             with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=fast):
                 scores = runner(masked).float().softmax(1)
             weights = scores[torch.arange(len(index)), classes[index]][:, None, None]
-            cam.index_add_(0, index, weights * (masks if upsample else _scaled(low)))
+            cam.index_add_(0, index, weights * (masks if upsample else unit_scaled(low)))
     return labelled(cam.clamp_min(0).clone(), "scorecam", name)  # clone: a normal tensor

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 from convlens.attribution.methods import METHODS
 from convlens.cli._inputs import load, open_checked
 from convlens.cli._options import (
@@ -20,9 +18,8 @@ from convlens.cli._options import (
 )
 from convlens.cli._registry import command
 from convlens.data.select import take, with_transform
-from convlens.hooks import model_device
 from convlens.report.results import save_trust
-from convlens.trust.assess import TRUST_METHODS, assess
+from convlens.trust.assess import TRUST_METHODS, assess, label_targets
 
 
 def _trust_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,12 +54,8 @@ def _trust(args: argparse.Namespace) -> None:
     count = min(args.n, len(data))
     loaded = load(args)
     images, labels = take(with_transform(data, loaded.transform), list(range(count)))
-    if all(label >= 0 for label in labels):
-        target, said = labels, "their labels"
-    else:
-        with torch.no_grad():
-            target = loaded.model(images.to(model_device(loaded.model))).argmax(1).cpu()
-        said = "the predicted classes"
+    target = label_targets(loaded.model, images, labels)
+    said = "their labels" if isinstance(target, list) else "the predicted classes"
     print(f"checking {', '.join(args.methods)} on {count} images, targets {said}")
     found = assess(loaded.model, images, target, args.methods, steps=args.steps, seed=args.seed)
     save_trust(found, args.out)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from convlens.attribution.methods import method_function
+from convlens.hooks import model_device
 from convlens.targets import Target
 from convlens.trust.faithfulness import Curve, SoftMask, deletion, insertion, soft_mask
 from convlens.trust.randomisation import Randomisation, randomisation_test
@@ -53,6 +54,15 @@ class Trust:
                 }
             )
         return rows
+
+
+def label_targets(model: nn.Module, images: torch.Tensor, labels: Sequence[int]) -> Target:
+    """The images' labels as targets, or the model's predictions when any image is unlabelled
+    (label -1)."""
+    if all(label >= 0 for label in labels):
+        return list(labels)
+    with torch.no_grad():
+        return model(images.to(model_device(model))).argmax(1).cpu()
 
 
 def assess(

@@ -18,6 +18,7 @@ from torch import nn
 from convlens._errors import ConvlensError
 from convlens.attribution.backward import as_input, check_images
 from convlens.attribution.integrated import make_baseline
+from convlens.attribution.score import unit_scaled
 from convlens.hooks import preserved_state
 from convlens.targets import Target, class_indices
 
@@ -165,10 +166,7 @@ def soft_mask(
     magnitude (summed over channels) scaled to [0, 1] multiplies its image."""
     _check(images, attribution, 1, 1)
     magnitude = attribution.detach().float().abs()
-    magnitude = magnitude.sum(1) if magnitude.dim() == 4 else magnitude
-    low = magnitude.amin((1, 2), keepdim=True)
-    span = magnitude.amax((1, 2), keepdim=True) - low
-    mask = torch.where(span > 0, (magnitude - low) / torch.where(span > 0, span, 1), 0)
+    mask = unit_scaled(magnitude.sum(1) if magnitude.dim() == 4 else magnitude)
     x = images.detach()
     with preserved_state(model, training=False, frozen=True), torch.inference_mode():
         logits = model(as_input(x, model))
