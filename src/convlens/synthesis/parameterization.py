@@ -23,16 +23,29 @@ COLOR_CORRELATION_SQRT = torch.tensor(
 FOURIER_SCALE = 4.0  # Lucid's constant dividing the inverse FFT (keeps the sigmoid unsaturated)
 
 
+def _image_seed(base: int, index: int) -> int:
+    """A non-negative 63-bit seed for image `index` of a batch seeded `base` (Python's hash of
+    a tuple of ints is the same in every run)."""
+    return hash((base, index)) & 0x7FFF_FFFF_FFFF_FFFF
+
+
 def per_image_normal(
     shape: tuple[int, ...], generator: torch.Generator, skip: int = 0
 ) -> torch.Tensor:
-    """Standard normal draws of `shape` (N, ...), image after image from `generator`, after
-    skipping `skip` images' draws: image i of a batch starting at `skip` gets the numbers image
-    skip + i of one whole batch gets, so a batch split in chunks starts as the whole would."""
+    """Standard normal draws of `shape` (N, ...), image i from its own generator, seeded by
+    `generator`'s seed and i + `skip`: image i of a batch starting at `skip` gets the numbers
+    image skip + i of one whole batch gets, so a batch split in chunks starts as the whole would
+    (and no chunk pays for drawing the ones before it)."""
+    base = generator.initial_seed()
     single = (1, *shape[1:])
-    for _ in range(skip):
-        torch.randn(single, generator=generator)
-    return torch.cat([torch.randn(single, generator=generator) for _ in range(shape[0])])
+    return torch.cat(
+        [
+            torch.randn(
+                single, generator=torch.Generator().manual_seed(_image_seed(base, skip + i))
+            )
+            for i in range(shape[0])
+        ]
+    )
 
 
 class PixelImage:
