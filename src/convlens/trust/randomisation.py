@@ -33,8 +33,27 @@ MAP_BATCH = 32  # images per method call
 Method = str | Callable[..., torch.Tensor]
 
 
+class Verdicts:
+    """The summary of a randomisation test from its `similarity` and `baseline` fields."""
+
+    similarity: dict[str, dict[str, np.ndarray]]
+    baseline: dict[str, dict[str, float]]
+
+    @property
+    def score(self) -> dict[str, float]:
+        """Mean `spearman_abs` over every step and image: the area under the curve."""
+        return {m: float(values["spearman_abs"].mean()) for m, values in self.similarity.items()}
+
+    @property
+    def passed(self) -> dict[str, bool]:
+        """Whether each method's score is below the midpoint between its baseline and 1."""
+        return {
+            m: score < (self.baseline[m]["spearman_abs"] + 1) / 2 for m, score in self.score.items()
+        }
+
+
 @dataclass(frozen=True)
-class Randomisation:
+class Randomisation(Verdicts):
     """`steps` the layers in the order randomised; `similarity[method][metric]` (len(steps), N)
     each image's similarity to its original map after each step; `baseline[method][metric]`
     the mean similarity between maps of different images of the unchanged model; `maps[method]`
@@ -45,18 +64,6 @@ class Randomisation:
     similarity: dict[str, dict[str, np.ndarray]]
     baseline: dict[str, dict[str, float]]
     maps: dict[str, torch.Tensor]
-
-    @property
-    def score(self) -> dict[str, float]:
-        """Mean `spearman_abs` over all steps and images: the area under the curve."""
-        return {m: float(values["spearman_abs"].mean()) for m, values in self.similarity.items()}
-
-    @property
-    def passed(self) -> dict[str, bool]:
-        """Whether each method's score is below the midpoint between its baseline and 1."""
-        return {
-            m: score < (self.baseline[m]["spearman_abs"] + 1) / 2 for m, score in self.score.items()
-        }
 
 
 def randomisable_layers(model: nn.Module) -> list[str]:
@@ -163,7 +170,7 @@ def randomisation_test(
 
 
 @dataclass(frozen=True)
-class DataRandomisation:
+class DataRandomisation(Verdicts):
     """The data randomisation test: `similarity[method][metric]` (N,) each image's map by the
     model trained on permuted labels against its map by the trained model; `baseline` as in
     `Randomisation`; `maps[method]` (2, K, ...) the first K images' maps, trained model first."""
@@ -171,18 +178,6 @@ class DataRandomisation:
     similarity: dict[str, dict[str, np.ndarray]]
     baseline: dict[str, dict[str, float]]
     maps: dict[str, torch.Tensor]
-
-    @property
-    def score(self) -> dict[str, float]:
-        """Mean `spearman_abs` over the images."""
-        return {m: float(values["spearman_abs"].mean()) for m, values in self.similarity.items()}
-
-    @property
-    def passed(self) -> dict[str, bool]:
-        """Whether each method's score is below the midpoint between its baseline and 1."""
-        return {
-            m: score < (self.baseline[m]["spearman_abs"] + 1) / 2 for m, score in self.score.items()
-        }
 
 
 def _warn_if_constant(maps: dict[str, torch.Tensor]) -> None:
