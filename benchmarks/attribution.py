@@ -54,13 +54,13 @@ os.environ["TQDM_DISABLE"] = "1"
 import argparse
 import copy
 import json
-import multiprocessing
 import time
 from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 import torchvision
+from _spawn import in_fresh_process
 from captum.attr import (
     Deconvolution,
     GuidedBackprop,
@@ -293,7 +293,7 @@ def _status_kb(field: str) -> int:
         return int(next(line.split()[1] for line in status if line.startswith(f"{field}:")))
 
 
-def _peak_child(job: tuple[str, int, int, int, str], queue: multiprocessing.Queue) -> None:
+def _peak_child(job: tuple[str, int, int, int, str], queue) -> None:
     """In a fresh process: the RSS high-water mark's growth (MB) during one IG call."""
     name, batch, size, ig_batch, tool = job
     setup_ = setup(name, batch, size)
@@ -306,13 +306,7 @@ def _peak_child(job: tuple[str, int, int, int, str], queue: multiprocessing.Queu
 
 def peak_mb(job: tuple[str, int, int, int, str]) -> float:
     """`_peak_child`'s measurement of `job`, in a fresh 'spawn' process."""
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=_peak_child, args=(job, queue))
-    process.start()
-    result = queue.get()
-    process.join()
-    return result
+    return in_fresh_process(_peak_child, job)
 
 
 def ig_row(name: str, setup_: Setup, repeats: int, ig_batch: int) -> dict:

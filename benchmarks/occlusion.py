@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import resource
 import time
+
+from _spawn import in_fresh_process
 
 WINDOW, STRIDE, SIZE = 32, 8, 224
 LAST_CONV = {"alexnet": "features.11", "resnet18": "layer4", "vgg16": "features.29"}
@@ -80,13 +81,7 @@ def _run(job: tuple[str, str, int], queue) -> None:
 
 
 def measure(job: tuple[str, str, int]) -> dict:
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=_run, args=(job, queue))
-    process.start()
-    result = queue.get()
-    process.join()
-    return result
+    return in_fresh_process(_run, job)
 
 
 def main() -> None:
