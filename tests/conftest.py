@@ -69,6 +69,20 @@ def batchnorm_net() -> nn.Sequential:
     return net.eval()
 
 
+def random_builtin(classes: tuple[str, ...] | None = None, spec: str = "zfnet-fashion"):
+    """The built-in network with random weights (seed 0), in eval mode, as a LoadedModel with
+    its preprocessing and `classes` (its own by default), named `spec`."""
+    from convlens.models.loading import LoadedModel
+    from convlens.models.preprocess import Preprocess
+    from convlens.models.zoo import BUILTIN_MODELS, FASHION_CLASSES
+
+    torch.manual_seed(0)
+    entry = BUILTIN_MODELS["zfnet-fashion"]
+    transform = Preprocess(1, (28, 28), entry.mean, entry.std)
+    names = FASHION_CLASSES if classes is None else classes
+    return LoadedModel(entry.build().eval(), transform, names, entry.input_size, spec)
+
+
 @pytest.fixture
 def sequential_net() -> nn.Sequential:
     torch.manual_seed(0)

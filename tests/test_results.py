@@ -8,6 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from conftest import random_builtin
 from PIL import Image
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -17,9 +18,6 @@ from convlens.analysis.evolution import Evolution, evolution_projections
 from convlens.analysis.filters import conv_weight, first_layer, layer_maps
 from convlens.embedding import Embedding, grid_layout
 from convlens.models.layers import default_layers
-from convlens.models.preprocess import Preprocess
-from convlens.models.zoo import BUILTIN_MODELS, FASHION_CLASSES
-from convlens.occlusion import strongest_projection
 from convlens.report import figures, results
 from convlens.synthesis import adversarial_accuracy, class_score
 from convlens.trust.assess import assess
@@ -33,11 +31,8 @@ class RaisingForward(nn.Module):
 @pytest.fixture(scope="module")
 def made():
     """A random built-in network, a few images, and every kind of result computed from them."""
-    torch.manual_seed(0)
-    entry = BUILTIN_MODELS["zfnet-fashion"]
-    model = entry.build().eval()
-    transform = Preprocess(1, (28, 28), entry.mean, entry.std)
-    loaded = cl.LoadedModel(model, transform, FASHION_CLASSES, entry.input_size, entry.name)
+    loaded = random_builtin()
+    model = loaded.model
     images = torch.randn(6, 1, 28, 28)
     labels = torch.tensor([0, 1, 2, 3, 4, 5])
     data = TensorDataset(images, labels)
@@ -51,7 +46,9 @@ def cases(made) -> dict:
     model, image = loaded.model, images[0]
     maps = cl.occlusion(model, image, 3, window=7, stride=7, layer=layers[-1])
     xy = np.random.default_rng(0).normal(size=(4, 2))
-    found = Embedding(np.arange(4), xy, grid_layout(xy, 2, 2), labels[:4].numpy())
+    found = Embedding(
+        np.arange(4), xy, grid_layout(xy, 2, 2), labels[:4].numpy(), data, loaded.card
+    )
     scans = [cl.scan(model, data, layers[-1:], k=1)] * 2
     evo = Evolution(["run/epoch-001.safetensors", "run/epoch-002.safetensors"], scans, {})
     field = cl.receptive_field(model, layers[-1], loaded.input_size)
@@ -64,28 +61,15 @@ def cases(made) -> dict:
         "save_feature_maps": (layer_maps(model, image, layers),),
         "save_attribution": (loaded, image, "guided", cl.guided_backprop(model, images[:1], 3)[0]),
         "save_attribution_row": (
-            loaded,
-            image,
-            {
-                "gradcam": cl.grad_cam(model, images[:1], 3)[0],
-                "ig": cl.integrated_gradients(model, images[:1], 3)[0],
-            },
+            [cl.grad_cam(model, images[:1], 3), cl.integrated_gradients(model, images[:1], 3)],
         ),
-        "save_occlusion": (
-            loaded,
-            image,
-            maps[0],
-            strongest_projection(model, image[None], maps)[0],
-        ),
-        "save_synthesis": (
-            cl.synthesize(loaded, class_score([1, 2]), n=2, steps=2),
-            ["1: Trouser", "2: Pullover"],
-        ),
-        "save_inversion": (loaded, image, cl.invert(loaded, layers[1], image[None], steps=2)),
-        "save_fooling": (loaded, image, cl.fooling_image(model, image, 3, max_steps=2)),
+        "save_occlusion": (maps[0],),
+        "save_synthesis": (cl.synthesize(loaded, class_score([1, 2]), n=2, steps=2),),
+        "save_inversion": (cl.invert(loaded, layers[1], image[None], steps=2),),
+        "save_fooling": (cl.fooling_image(model, image, 3, max_steps=2),),
         "save_adversarial_accuracy": (adversarial_accuracy(model, images, labels, [0.01]),),
-        "save_embedding": (loaded, data, found),
-        "save_neighbours": (loaded, data, data, cl.nearest_neighbours(model, data, data, 2)),
+        "save_embedding": (found,),
+        "save_neighbours": (cl.nearest_neighbours(model, data, data, 2),),
         "save_diagnosis": ({"run": (meta, first_layer(model, data))},),
         "save_evolution": (evo, {layers[-1]: tiles}),
         "save_invariance": (cl.invariance(model, images[:2], labels[:2], layers[:2], "rotate"),),
@@ -114,10 +98,9 @@ def test_every_save_writes_its_figures_without_running_the_model(made, tmp_path)
 def test_the_occlusion_figure_shows_the_projection_of_the_followed_map(made, tmp_path):
     loaded, _, images, _, layers = made
     maps = cl.occlusion(loaded.model, images[:2], 3, window=7, stride=7, layer=layers[-1])
-    projections = strongest_projection(loaded.model, images[:2], maps)
     expected = cl.deconvnet(loaded.model, images[1:2], cl.Unit(layers[-1], int(maps.channel[1])))
-    torch.testing.assert_close(projections[1:2], expected)
-    results.save_occlusion(loaded, images[1], maps[1], projections[1], tmp_path)
+    torch.testing.assert_close(maps.projection[1:2], expected)
+    results.save_occlusion(maps[1], tmp_path)
     saved = np.load(tmp_path / "occlusion.npz")
     np.testing.assert_allclose(saved["projection"], expected[0].numpy(), atol=1e-6)
     assert {p.name for p in tmp_path.glob("occlusion-*.png")} == {

@@ -14,7 +14,16 @@ Example:
 
 from convlens import data, synthesis
 from convlens._errors import ConvlensError
-from convlens.analysis import DeadUnits, conv_layers, dead_units, feature_maps, filter_rms
+from convlens.analysis import (
+    DeadUnits,
+    FeatureMaps,
+    Filters,
+    conv_layers,
+    dead_units,
+    feature_maps,
+    filter_rms,
+    filters,
+)
 from convlens.analysis.correspondence import Correspondence, correspondence
 from convlens.analysis.evolution import Evolution, evolution
 from convlens.analysis.invariance import Invariance, invariance
@@ -33,12 +42,21 @@ from convlens.attribution import (
     saliency,
     score_cam,
 )
-from convlens.embedding import Neighbours, codes, grid_layout, nearest_neighbours, tsne
+from convlens.embedding import (
+    Embedding,
+    Neighbours,
+    codes,
+    embed,
+    grid_layout,
+    nearest_neighbours,
+    tsne,
+)
 from convlens.hooks import capture
 from convlens.models.layers import LayerInfo, ReceptiveField, receptive_field, trace_layers
 from convlens.models.loading import LoadedModel
 from convlens.occlusion import Occlusion, occlusion
-from convlens.scan import scan
+from convlens.report.display import show
+from convlens.scan import TopExamples, scan, top_examples
 from convlens.synthesis import fgsm, fooling_image, invert, synthesize, synthesize_units
 from convlens.targets import Unit
 from convlens.topk import ScanResult, TopK
@@ -59,7 +77,10 @@ __all__ = [
     "ConvlensError",
     "Correspondence",
     "DeadUnits",
+    "Embedding",
     "Evolution",
+    "FeatureMaps",
+    "Filters",
     "Invariance",
     "LayerInfo",
     "LoadedModel",
@@ -67,6 +88,7 @@ __all__ = [
     "Occlusion",
     "ReceptiveField",
     "ScanResult",
+    "TopExamples",
     "TopK",
     "Unit",
     "__version__",
@@ -79,10 +101,12 @@ __all__ = [
     "dead_units",
     "deconvnet",
     "deletion",
+    "embed",
     "evolution",
     "feature_maps",
     "fgsm",
     "filter_rms",
+    "filters",
     "fooling_image",
     "grad_cam",
     "grad_cam_plus_plus",
@@ -104,10 +128,12 @@ __all__ = [
     "saliency",
     "scan",
     "score_cam",
+    "show",
     "soft_mask",
     "synthesis",
     "synthesize",
     "synthesize_units",
+    "top_examples",
     "trace_layers",
     "tsne",
     "write_atlas",

@@ -12,12 +12,14 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 from torch.utils.data import Dataset, Subset
-from tqdm.auto import tqdm
 
 from convlens._errors import ConvlensError
+from convlens._progress import tqdm
+from convlens._shown import Shown
 from convlens.data import BatchStream
 from convlens.data.select import labels
 from convlens.hooks import model_device, preserved_state, registered_hooks, resolve_layer
+from convlens.models.card import ModelCard, card_of
 
 
 class _Stop(Exception):
@@ -134,14 +136,17 @@ def grid_layout(xy: np.ndarray, rows: int, cols: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class Embedding:
+class Embedding(Shown):
     """t-SNE of the codes of dataset items `indices`: `xy (N, 2)`, `layout (side, side)` the
-    mosaic (each cell an index into `indices`), `labels (N,)` (-1 where unlabelled)."""
+    mosaic (each cell an index into `indices`), `labels (N,)` (-1 where unlabelled); the
+    `data` embedded and the model's `card`, for the picture."""
 
     indices: np.ndarray
     xy: np.ndarray
     layout: np.ndarray
     labels: np.ndarray
+    data: Dataset | None = None
+    card: ModelCard | None = None
 
 
 def embed(model: nn.Module, data: Dataset, count: int, *, progress: bool = False) -> Embedding:
@@ -157,7 +162,8 @@ def embed(model: nn.Module, data: Dataset, count: int, *, progress: bool = False
     subset = Subset(data, range(side * side))
     xy = tsne(codes(model, subset, progress=progress))
     found = labels(subset).numpy()
-    return Embedding(np.arange(side * side), xy, grid_layout(xy, side, side), found)
+    layout = grid_layout(xy, side, side)
+    return Embedding(np.arange(side * side), xy, layout, found, data, card_of(model))
 
 
 def knn_accuracy(
@@ -173,14 +179,18 @@ def knn_accuracy(
 
 
 @dataclass(frozen=True)
-class Neighbours:
+class Neighbours(Shown):
     """For each query, the k nearest gallery images in feature space and in pixel space:
-    indices (Q, k) and distances (Q, k), nearest first."""
+    indices (Q, k) and distances (Q, k), nearest first; the `queries`, the `gallery` and the
+    model's `card`, for the picture."""
 
     feature_indices: torch.Tensor
     feature_distances: torch.Tensor
     pixel_indices: torch.Tensor
     pixel_distances: torch.Tensor
+    queries: Dataset | None = None
+    gallery: Dataset | None = None
+    card: ModelCard | None = None
 
 
 def nearest_neighbours(
@@ -203,7 +213,7 @@ def nearest_neighbours(
     gallery_codes = codes(model, gallery, layer, progress=progress)
     feature = _nearest(query_codes, gallery_codes, k, metric)
     pixel = _nearest(_pixels(queries), _pixels(gallery), k, metric)
-    return Neighbours(*feature, *pixel)
+    return Neighbours(*feature, *pixel, queries, gallery, card_of(model))
 
 
 def _pixels(data: Dataset) -> torch.Tensor:

@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from convlens._errors import ConvlensError
+from convlens._progress import tqdm
+from convlens._shown import Shown
 from convlens.attribution import deconvnet
 from convlens.hooks import capture, model_device, preserved_state, registered_hooks, resolve_layer
 from convlens.incremental import IncrementalForward, Patch, Untraceable
+from convlens.models.card import ModelCard, card_of
 from convlens.models.fusion import bfloat16_copy, fold_batchnorm, outputs_agree
 from convlens.targets import Unit, class_indices
 
@@ -34,10 +36,13 @@ MAX_BATCH = 32  # larger CPU batches were slower (cache); measured on alexnet an
 
 
 @dataclass(frozen=True)
-class Occlusion:
+class Occlusion(Shown):
     """Maps over occluder positions for N images: `prob`, `argmax`, `activation` are (N, Py, Px);
     `sensitivity` is (N, H, W), the drop in target probability averaged over the windows that
-    cover each pixel. Row i of a map is the occluder whose top-left corner is at `ys[i]`."""
+    cover each pixel. Row i of a map is the occluder whose top-left corner is at `ys[i]`. With
+    a `layer`, `projection` (N, C, H, W) is the deconvnet projection of the map each image
+    followed (Fig. 7 (c)). `images` are the images occluded (input space) and `card` their
+    model's, for the picture."""
 
     prob: torch.Tensor
     argmax: torch.Tensor
@@ -50,22 +55,21 @@ class Occlusion:
     activation: torch.Tensor | None = None
     channel: torch.Tensor | None = None
     layer: str | None = None
+    projection: torch.Tensor | None = None
+    images: torch.Tensor | None = None
+    card: ModelCard | None = None
 
     def __getitem__(self, i: int) -> Occlusion:
         """The result of image i alone (maps keep a leading axis of 1)."""
         pick = slice(i, i + 1)
-        return Occlusion(
-            self.prob[pick],
-            self.argmax[pick],
-            self.target[pick],
-            self.base_prob[pick],
-            self.sensitivity[pick],
-            self.ys,
-            self.xs,
-            self.window,
-            None if self.activation is None else self.activation[pick],
-            None if self.channel is None else self.channel[pick],
-            self.layer,
+        per_image = ("prob", "argmax", "target", "base_prob", "sensitivity", "activation")
+        per_image += ("channel", "projection", "images")
+        return replace(
+            self,
+            **{
+                name: None if getattr(self, name) is None else getattr(self, name)[pick]
+                for name in per_image
+            },
         )
 
 
@@ -158,18 +162,12 @@ def occlusion(
             maps = _occluded_maps(
                 base, images, (grid_y, grid_x), window, fill, per_forward, progress, fast
             )
-    return _result(base, maps, ys, xs, window, stride, tuple(images.shape[-2:]))
-
-
-def strongest_projection(
-    model: nn.Module, images: torch.Tensor, maps: Occlusion
-) -> torch.Tensor | None:
-    """(N, C, H, W): the deconvnet projection of the feature map each image's occlusion followed
-    (Fig. 7 (c)), or None when `maps` follows no layer."""
-    if maps.layer is None:
-        return None
-    units = [Unit(maps.layer, int(channel)) for channel in maps.channel]
-    return deconvnet(model, images, units)
+    found = _result(base, maps, ys, xs, window, stride, tuple(images.shape[-2:]))
+    projection = None
+    if found.layer is not None:  # Fig. 7 (c): one backward, next to hundreds of forwards
+        units = [Unit(found.layer, int(channel)) for channel in found.channel]
+        projection = deconvnet(model, images, units).detach().cpu()
+    return replace(found, projection=projection, images=images.cpu(), card=card_of(model))
 
 
 @dataclass(frozen=True)

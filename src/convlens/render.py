@@ -171,10 +171,28 @@ def map_grid(maps: torch.Tensor, shared_scale: bool = True, tile: int = 64) -> n
 
 
 def caption(image: np.ndarray, text: str, height: int = 14) -> np.ndarray:
-    """The image with a white strip of black text above it."""
-    strip = Image.new("RGB", (image.shape[1], height), "white")
-    ImageDraw.Draw(strip).text((2, 1), text, fill="black", font=ImageFont.load_default())
+    """The image with a white strip of black text above it, wrapped to more lines (`height`
+    pixels each) when the text is wider than the image."""
+    font = ImageFont.load_default()
+    lines = _wrapped(text, image.shape[1] - 4, font)
+    strip = Image.new("RGB", (image.shape[1], height * len(lines)), "white")
+    draw = ImageDraw.Draw(strip)
+    for row, line in enumerate(lines):
+        draw.text((2, 1 + row * height), line, fill="black", font=font)
     return np.concatenate([np.asarray(strip), image], axis=0)
+
+
+def _wrapped(text: str, width: int, font: ImageFont.ImageFont) -> list[str]:
+    """`text` broken between words into lines at most `width` pixels wide in `font` (a word
+    longer than that keeps a line of its own)."""
+    lines, line = [], ""
+    for word in text.split(" "):
+        longer = f"{line} {word}" if line else word
+        if line and font.getlength(longer) > width:
+            lines.append(line)
+            longer = word
+        line = longer
+    return [*lines, line]
 
 
 def side_by_side(images: list[np.ndarray], gap: int = 8) -> np.ndarray:

@@ -17,15 +17,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from convlens._errors import ConvlensError
 from convlens._io import read_checkpoint, read_checkpoint_meta, remove_checkpoint, write_checkpoint
+from convlens._progress import tqdm
+from convlens._shown import Shown
 from convlens.attribution import deconvnet
 from convlens.data import BatchStream
 from convlens.data.select import take
 from convlens.hooks import capture, model_device, preserved_state, resolve_layer
-from convlens.models.layers import ReceptiveField, default_layers
+from convlens.models.card import ModelCard, card_of
+from convlens.models.layers import ReceptiveField, default_layers, receptive_field
 from convlens.targets import Unit
 from convlens.topk import ScanResult, TopK, merge_topk
 
@@ -172,22 +174,44 @@ def _plan(
 
 
 @dataclass(frozen=True)
-class TopExamples:
+class TopExamples(Shown):
     """What Fig. 2 shows of one channel: its top images (k, C, H, W), the deconvnet projection
     of each recorded activation alone (k, C, H, W), each activation's receptive-field box
-    (top, left, bottom, right) in the image, and the images' dataset indices."""
+    (top, left, bottom, right) in the image, and the images' dataset indices; which channel
+    of which layer, and the model's card, for the picture."""
 
     images: torch.Tensor
     projections: torch.Tensor
     boxes: list[tuple[int, int, int, int]]
     indices: list[int]
+    layer: str = ""
+    channel: int = -1
+    card: ModelCard | None = None
 
 
 def top_examples(
-    model: nn.Module, data: Dataset, top: TopK, layer: str, channel: int, field: ReceptiveField
+    model: nn.Module,
+    data: Dataset,
+    top: ScanResult | TopK,
+    layer: str,
+    channel: int,
+    field: ReceptiveField | None = None,
 ) -> TopExamples:
-    """The top images of one channel of a scanned layer and their projections (one batch);
-    `field` is the layer's receptive field (`receptive_field`)."""
+    """Zeiler & Fergus Fig. 2 for one channel of a scanned layer: its top images and their
+    projections (one batch). `top` is the scan (or its TopK of `layer`); `field` the layer's
+    receptive field (None: computed for the size of the data's images).
+
+    Example:
+        >>> found = scan(model, data, ["features.4"])  # doctest: +SKIP
+        >>> top_examples(model, data, found, "features.4", 7)  # shows itself in Jupyter  # doctest: +SKIP
+    """
+    top = top[layer] if isinstance(top, ScanResult) else top
+    if not 0 <= channel < len(top.values):
+        raise ConvlensError(
+            f"channel must be in 0..{len(top.values) - 1} of {layer}, got {channel}"
+        )
+    if field is None:
+        field = receptive_field(model, layer, tuple(take(data, [0])[0].shape[1:]))
     return top_examples_of(model, data, top, layer, [channel], field)[0]
 
 
@@ -210,9 +234,12 @@ def top_examples_of(
     images = torch.cat([f[3] for f in found])
     units = [Unit(layer, channel, y, x) for channel, positions, _, _ in found for y, x in positions]
     projections = deconvnet(model, images, units).split([len(f[2]) for f in found])
+    card = card_of(model)
     return [
-        TopExamples(chosen, projected, [field.box(y, x) for y, x in positions], indices)
-        for (_, positions, indices, chosen), projected in zip(found, projections)
+        TopExamples(
+            chosen, projected, [field.box(y, x) for y, x in positions], indices, layer, c, card
+        )
+        for (c, positions, indices, chosen), projected in zip(found, projections)
     ]
 
 

@@ -11,6 +11,7 @@ import torch
 
 from convlens._errors import ConvlensError
 from convlens._io import read_checkpoint, write_checkpoint
+from convlens._shown import Shown
 
 NO_INDEX = torch.iinfo(torch.int64).max  # an empty slot while scanning: loses every tie
 FIELDS = ("values", "indices", "positions")
@@ -87,7 +88,7 @@ def merge_topk(a: TopK, b: TopK, k: int) -> TopK:
 
 
 @dataclass
-class ScanResult:
+class ScanResult(Shown):
     """`result[layer]` is that layer's TopK; `meta` says what was scanned."""
 
     layers: dict[str, TopK]

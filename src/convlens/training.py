@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
-from tqdm.auto import tqdm
 
 from convlens._errors import ConvlensError, unknown_name_error
 from convlens._io import read_checkpoint, remove_checkpoint, write_checkpoint
 from convlens._paths import default_model_dir
+from convlens._progress import tqdm
 from convlens.analysis.evaluate import accuracy
 from convlens.data.fashion_mnist import FashionMNIST
 from convlens.models import loading

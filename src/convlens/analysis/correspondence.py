@@ -12,13 +12,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from convlens._shown import Shown
 from convlens.hooks import capture, model_device, preserved_state
 
 Box = tuple[int, int, int, int]  # top, left, bottom, right (exclusive)
 
 
 @dataclass(frozen=True)
-class Correspondence:
+class Correspondence(Shown):
     """Delta for the given masks and its mean and standard deviation over random masks."""
 
     layer: str

@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from convlens._errors import ConvlensError
+from convlens._shown import Shown
 from convlens.analysis.filters import layer_maps
 from convlens.attribution import deconvnet
 from convlens.data.select import item
@@ -21,7 +22,7 @@ from convlens.targets import Unit
 
 
 @dataclass(frozen=True)
-class Evolution:
+class Evolution(Shown):
     """One k=1 scan per checkpoint (`results[i]` for `checkpoints[i]`), and the channels shown
     per layer."""
 

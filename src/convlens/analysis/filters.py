@@ -8,12 +8,46 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from convlens._errors import ConvlensError
+from convlens._progress import tqdm
+from convlens._shown import Shown
 from convlens.data import BatchStream
 from convlens.hooks import capture, model_device, preserved_state, resolve_layer
 from convlens.models.layers import conv_layers
+
+
+class Filters(Shown, torch.Tensor):
+    """A conv layer's weight (O, I, k, k), shown in a notebook as its filter grid; `layer`
+    names the layer. Operations on it return plain tensors."""
+
+    __torch_function__ = torch._C._disabled_torch_function_impl
+    layer: str
+
+
+class FeatureMaps(Shown, torch.Tensor):
+    """The output (C, h, w) of `layer` for one image, shown in a notebook as a grid of maps.
+    Operations on it return plain tensors."""
+
+    __torch_function__ = torch._C._disabled_torch_function_impl
+    layer: str
+
+
+def _of_layer(values: torch.Tensor, kind: type, layer: str) -> torch.Tensor:
+    """`values` as a `kind` (Filters or FeatureMaps) of `layer`."""
+    result = values.detach().as_subclass(kind)
+    result.layer = layer
+    return result
+
+
+def filters(model: nn.Module, layer: str) -> Filters:
+    """The filters (O, I, k, k) of conv layer `layer`.
+
+    Example:
+        >>> filters(nn.Sequential(nn.Conv2d(1, 4, 3)), "0").shape
+        torch.Size([4, 1, 3, 3])
+    """
+    return _of_layer(conv_weight(model, layer), Filters, layer)
 
 
 def conv_weight(model: nn.Module, layer: str) -> torch.Tensor:
@@ -31,7 +65,7 @@ def filter_rms(weight: torch.Tensor) -> torch.Tensor:
     return weight.detach().float().pow(2).mean(dim=(1, 2, 3)).sqrt()
 
 
-def feature_maps(model: nn.Module, image: torch.Tensor, layer: str) -> torch.Tensor:
+def feature_maps(model: nn.Module, image: torch.Tensor, layer: str) -> FeatureMaps:
     """The output (C, h, w) of `layer` for one preprocessed image (C, H, W).
 
     Example:
@@ -39,7 +73,7 @@ def feature_maps(model: nn.Module, image: torch.Tensor, layer: str) -> torch.Ten
         >>> feature_maps(net, torch.randn(1, 8, 8), "1").shape
         torch.Size([4, 6, 6])
     """
-    return layer_maps(model, image, [layer])[layer]
+    return _of_layer(layer_maps(model, image, [layer])[layer], FeatureMaps, layer)
 
 
 def layer_maps(
@@ -60,7 +94,7 @@ def layer_maps(
 
 
 @dataclass(frozen=True)
-class DeadUnits:
+class DeadUnits(Shown):
     """Per channel of one layer, the fraction of images whose whole map is zero."""
 
     layer: str
@@ -74,6 +108,10 @@ class DeadUnits:
         return int(self.dead.sum())
 
 
+class DeadUnitsByLayer(Shown, dict):
+    """`dead_units`'s result: layer name → DeadUnits, shown in a notebook as a chart."""
+
+
 def dead_units(
     model: nn.Module,
     data: Dataset | DataLoader,
@@ -82,7 +120,7 @@ def dead_units(
     threshold: float = 0.99,
     batch_size: int = 128,
     progress: bool = False,
-) -> dict[str, DeadUnits]:
+) -> DeadUnitsByLayer:
     """Dead-unit statistics of several layers in one pass over `data`.
 
     A channel is dead when its whole map is zero on more than `threshold` of the images
@@ -114,10 +152,12 @@ def dead_units(
             seen += len(batch.images)
     if seen == 0:
         raise ConvlensError("no readable images in the data")
-    return {
-        layer: DeadUnits(layer, counts / seen, counts / seen > threshold, seen, threshold)
-        for layer, counts in zero_counts.items()
-    }
+    return DeadUnitsByLayer(
+        {
+            layer: DeadUnits(layer, counts / seen, counts / seen > threshold, seen, threshold)
+            for layer, counts in zero_counts.items()
+        }
+    )
 
 
 def largest_share(rms: torch.Tensor) -> float:

@@ -12,6 +12,7 @@ import torchvision.transforms.v2.functional as TF
 from torch import nn
 
 from convlens._errors import ConvlensError, unknown_name_error
+from convlens._shown import Shown
 from convlens.hooks import capture, model_device, preserved_state
 
 IDENTITY = {"translate": 0.0, "scale": 1.0, "rotate": 0.0}
@@ -23,7 +24,7 @@ DEFAULT_VALUES = {
 
 
 @dataclass(frozen=True)
-class Invariance:
+class Invariance(Shown):
     """`distance[layer]` (V, N): ||f(T_v x) - f(x)|| / ||f(x)|| per transformation value and
     image (relative, so layers and models compare); `prob` (V, N): the true class's probability
     on the transformed image."""

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
+from convlens._progress import tqdm
 from convlens.atlas.pages import write_pages
 from convlens.atlas.site import AtlasConfig, Job, Site
 from convlens.atlas.stages import STAGES, merge_records

@@ -8,7 +8,7 @@ from importlib import resources
 from convlens.atlas.site import Job
 from convlens.atlas.stages import STAGES, scan_result
 from convlens.data.select import item
-from convlens.report import figures, write_page
+from convlens.report import write_page
 from convlens.topk import TopK
 
 
@@ -96,7 +96,7 @@ def _sources(job: Job, top: TopK, c: int) -> list[dict]:
     for value, index in zip(top.values[c].tolist(), top.indices[c].tolist()):
         if index >= 0:
             label = item(job.data, index)[1]
-            name = figures.class_name(job.loaded.classes, label) if label >= 0 else ""
+            name = job.loaded.card.class_name(label) if label >= 0 else ""
             picture = job.site.relative(job.site.data_image(index))
             rows.append({"value": round(value, 4), "index": index, "label": name, "image": picture})
     return rows

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from convlens._io import safe_name, write_json
+from convlens._progress import tqdm
 from convlens.models.loading import LoadedModel
 
 SYNTHESIS_MODES = ("unit", "full")

@@ -9,10 +9,10 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 import torch
 from torch.utils.data import Subset
-from tqdm.auto import tqdm
 
 from convlens import render
 from convlens._io import safe_name
+from convlens._progress import tqdm
 from convlens.analysis.evaluate import accuracy
 from convlens.analysis.evolution import (
     checkpoint_label,
@@ -30,7 +30,7 @@ from convlens.distributed import gather_shards
 from convlens.embedding import embed, nearest_neighbours
 from convlens.hooks import model_device
 from convlens.models.layers import conv_layers, receptive_field, trace_layers
-from convlens.occlusion import default_geometry, occlusion, strongest_projection
+from convlens.occlusion import default_geometry, occlusion
 from convlens.report import figures, write_image, write_png, write_pngs
 from convlens.report.results import (
     layer_table,
@@ -178,7 +178,7 @@ def unit_groups(items: Iterable[tuple[str, int]], size: int) -> Iterator[tuple[s
 
 def _unit_figures(job: Job, layer: str, c: int, examples: TopExamples) -> None:
     """Fig. 2 of one channel, its thumbnail, and its source images not yet written."""
-    figure = figures.top_examples_figure(job.loaded, examples)
+    figure = figures.top_examples_figure(examples)
     write_image(job.site.unit_image(layer, c, "top9"), figure)
     half = figure.shape[1] // 2
     write_image(job.site.unit_image(layer, c, "thumb"), figure[:, half:][::2, ::2])
@@ -204,11 +204,9 @@ def synthesis(job: Job) -> dict:
             write_image(job.site.unit_image(layer, c, "synthesis"), render.picture(image, 96))
     record = {"mode": job.config.synthesis, "sides": sizes}
     if job.rank == 0:
-        names = job.loaded.classes
-        classes = list(range(min(len(names), 10)))
+        classes = list(range(min(len(job.loaded.classes), 10)))
         models = synthesize(job.loaded, class_score(classes), preset="lucid", n=len(classes))
-        labels = [f"{c}: {names[c]}" for c in classes]
-        record["classes"] = save_synthesis(models, labels, job.site.img, "class-models").name
+        record["classes"] = save_synthesis(models, job.site.img, "class-models").name
     return record
 
 
@@ -261,15 +259,13 @@ def image_page(job: Job, index: int) -> dict:
     maps = occlusion(
         model, image, label if label >= 0 else predicted, **_geometry(image), layer=job.layers[-1]
     )
-    save_occlusion(
-        job.loaded, image, maps, strongest_projection(model, image[None], maps)[0], folder
-    )
-    classes = job.loaded.classes
+    save_occlusion(maps, folder)
+    card = job.loaded.card
     return {
         "index": index,
-        "label": figures.class_name(classes, label) if label >= 0 else None,
+        "label": card.class_name(label) if label >= 0 else None,
         "top": [
-            {"name": figures.class_name(classes, int(c)), "p": round(float(p), 4)}
+            {"name": card.class_name(int(c)), "p": round(float(p), 4)}
             for p, c in zip(top.values, top.indices)
         ],
         "layers": layers,
@@ -282,10 +278,12 @@ def attribution_figures(job: Job, image: torch.Tensor, predicted: int) -> dict[s
     shown, row = {}, {}
     for method in IMAGE_METHODS:
         values = METHODS[method](job.loaded.model, image[None], predicted)
-        drawn = figures.attribution_figures(job.loaded, image, method, values[0], 160)
+        drawn = figures.attribution_figures(job.loaded.card, image, method, values[0], 160)
         shown |= {name: a for name, a in drawn.items() if f"{name}-overlay" not in drawn}
         row[figures.attribution_title(method, values)] = values[0]
-    shown["methods"] = figures.attribution_row(job.loaded, image, row, shared_scale=True, size=160)
+    shown["methods"] = figures.attribution_row(
+        job.loaded.card, image, row, shared_scale=True, size=160
+    )
     return shown
 
 
@@ -319,10 +317,10 @@ def embedding(job: Job) -> dict:
             "note": f"t-SNE needs more than {TSNE_MINIMUM} images; the data has {len(job.data)}"
         }
     found = embed(job.loaded.model, job.data, count)
-    save_embedding(job.loaded, job.data, found, job.site.img, tile=24)
+    save_embedding(found, job.site.img, tile=24)
     queries = Subset(job.data, one_per_class(job.data, 5))
     near = nearest_neighbours(job.loaded.model, queries, job.data, 6)
-    save_neighbours(job.loaded, queries, job.data, near, job.site.img)
+    save_neighbours(near, job.site.img)
     return {"count": count}
 
 

@@ -19,7 +19,7 @@ from torch import nn
 from convlens._errors import ConvlensError
 from convlens.attribution.backward import Backward, backward, check_images
 from convlens.attribution.pixel import guided_backprop
-from convlens.attribution.result import AttributionMap, labelled
+from convlens.attribution.result import AttributionMap, Origin, labelled, origin
 from convlens.models.layers import default_layers, trace_layers
 from convlens.targets import Target
 
@@ -59,12 +59,13 @@ def layer_backward(
 
 
 def finish(
-    cam: torch.Tensor, size: tuple[int, int], upsample: bool, method: str, layer: str
+    cam: torch.Tensor, made_from: Origin, upsample: bool, method: str, layer: str
 ) -> AttributionMap:
-    """A (N, h, w) map, upsampled to `size` when asked, labelled."""
+    """A (N, h, w) map, upsampled to its images' size when asked, labelled."""
     if upsample:
+        size = made_from.images.shape[-2:]
         cam = F.interpolate(cam[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-    return labelled(cam, method, layer)
+    return labelled(cam, method, made_from, layer)
 
 
 def _cam(
@@ -79,7 +80,7 @@ def _cam(
     """ReLU(sum_k weights_k * A_k) for per-channel (or per-position) weights."""
     name, found = layer_backward(model, images, target, layer)
     values = (weights(found) * found.values).sum(1).clamp_min(0)
-    return finish(values, images.shape[-2:], upsample, method, name)
+    return finish(values, origin(model, images, target), upsample, method, name)
 
 
 def _grad_cam_weights(found: Backward) -> torch.Tensor:
@@ -160,4 +161,5 @@ def guided_grad_cam(
     """
     cam = grad_cam(model, images, target, layer)
     guided = guided_backprop(model, images, target, strict=strict)
-    return labelled(guided * cam[:, None].to(guided.device), "guided-gradcam", cam.layer)
+    values = guided * cam[:, None].to(guided.device)
+    return labelled(values, "guided-gradcam", cam.origin, cam.layer)

@@ -13,7 +13,7 @@ import torchvision.transforms.functional as TF
 from torch import nn
 
 from convlens.attribution.backward import backward, check_images, target_scores
-from convlens.attribution.result import AttributionMap, labelled
+from convlens.attribution.result import AttributionMap, labelled, origin
 from convlens.targets import Target, select_targets
 
 QUADRATURES = (
@@ -116,7 +116,7 @@ def integrated_gradients(
         total.index_add_(
             0, index.to(x.device), grad.to(x.device) * weights_t[step].view(-1, 1, 1, 1)
         )
-    attribution = labelled((x - start) * total, "ig")
+    attribution = labelled((x - start) * total, "ig", origin(model, images, target))
     if not return_delta:
         return attribution
     ends = target_scores(model, torch.cat([x, start]), _twice(target, len(x)))

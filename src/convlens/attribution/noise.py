@@ -16,7 +16,7 @@ from torch import nn
 
 from convlens.attribution.backward import check_images
 from convlens.attribution.methods import method_function
-from convlens.attribution.result import AttributionMap, labelled
+from convlens.attribution.result import AttributionMap, labelled, origin
 from convlens.targets import Target, select_targets
 
 KINDS = ("smoothgrad", "smoothgrad_sq", "vargrad")
@@ -117,4 +117,4 @@ def noise_tunnel(
         "vargrad": mean_square - mean * mean,
     }
     name = method if isinstance(method, str) else getattr(method, "__name__", "method")
-    return labelled(combined[kind], f"{kind}({name})", layer)
+    return labelled(combined[kind], f"{kind}({name})", origin(model, images, target), layer)

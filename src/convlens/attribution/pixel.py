@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from convlens.attribution.backward import backward
+from convlens.attribution.result import AttributionMap, labelled, origin
 from convlens.targets import Target
 
 
@@ -30,20 +31,22 @@ def project(
     ).grad
 
 
-def gradient(model: nn.Module, images: torch.Tensor, target: Target) -> torch.Tensor:
+def gradient(model: nn.Module, images: torch.Tensor, target: Target) -> AttributionMap:
     """d target / d input, (N, C, H, W).
 
     Example:
         >>> gradient(model, images, 3).shape  # doctest: +SKIP
         torch.Size([8, 1, 28, 28])
     """
-    return project(model, images, target, rule="gradient")
+    values = project(model, images, target, rule="gradient")
+    return labelled(values, "gradient", origin(model, images, target))
 
 
-def saliency(model: nn.Module, images: torch.Tensor, target: Target) -> torch.Tensor:
+def saliency(model: nn.Module, images: torch.Tensor, target: Target) -> AttributionMap:
     """Simonyan et al. (2014) image-specific class saliency: max over channels of |gradient|,
     (N, H, W)."""
-    return gradient(model, images, target).abs().amax(dim=1)
+    values = project(model, images, target, rule="gradient").abs().amax(dim=1)
+    return labelled(values, "saliency", origin(model, images, target))
 
 
 def deconvnet(
@@ -53,7 +56,7 @@ def deconvnet(
     *,
     normalization: str = "identity",
     strict: bool = False,
-) -> torch.Tensor:
+) -> AttributionMap:
     """Zeiler & Fergus deconvnet projection, (N, C, H, W): every ReLU's backward is
     `relu(grad)`, max-pooling routes through the forward switches, convolutions use the
     transposed filters, and local response normalisation is passed through (`normalization=
@@ -63,13 +66,15 @@ def deconvnet(
         >>> deconvnet(model, images, Unit("features.12", 3)).shape  # doctest: +SKIP
         torch.Size([8, 1, 28, 28])
     """
-    return project(
+    values = project(
         model, images, target, rule="deconvnet", normalization=normalization, strict=strict
     )
+    return labelled(values, "deconvnet", origin(model, images, target))
 
 
 def guided_backprop(
     model: nn.Module, images: torch.Tensor, target: Target, *, strict: bool = False
-) -> torch.Tensor:
+) -> AttributionMap:
     """Guided backpropagation, (N, C, H, W): ReLU backward is `relu(grad) * (input > 0)`."""
-    return project(model, images, target, rule="guided", strict=strict)
+    values = project(model, images, target, rule="guided", strict=strict)
+    return labelled(values, "guided", origin(model, images, target))

@@ -17,7 +17,7 @@ from torch import nn
 from convlens._errors import ConvlensError
 from convlens.attribution.backward import as_input, check_images
 from convlens.attribution.cam import cam_layer, not_spatial
-from convlens.attribution.result import AttributionMap, labelled
+from convlens.attribution.result import AttributionMap, labelled, origin
 from convlens.hooks import capture, preserved_state
 from convlens.models.fusion import bfloat16_copy, fold_batchnorm
 from convlens.targets import Target, class_indices, target_units
@@ -111,4 +111,7 @@ def score_cam(
                 scores = runner(masked).float().softmax(1)
             weights = scores[torch.arange(len(index)), classes[index]][:, None, None]
             cam.index_add_(0, index, weights * (masks if upsample else unit_scaled(low)))
-    return labelled(cam.clamp_min(0).clone(), "scorecam", name)  # clone: a normal tensor
+    made_from = origin(model, images, target)
+    return labelled(
+        cam.clamp_min(0).clone(), "scorecam", made_from, name
+    )  # clone: not an inference tensor

@@ -28,7 +28,6 @@ from convlens.cli._registry import command
 from convlens.data import open_image
 from convlens.hooks import model_device, resolve_layer
 from convlens.models.loading import LoadedModel
-from convlens.report.figures import attribution_title
 from convlens.report.results import save_attribution, save_attribution_row
 from convlens.targets import Target
 
@@ -165,15 +164,15 @@ def _attribute(args: argparse.Namespace) -> None:
         with torch.no_grad():
             target = int(loaded.model(image[None].to(model_device(loaded.model))).argmax())
         print(f"target: predicted class {target} ({loaded.classes[target]})")
-    maps = {}
+    maps = []
     for method in args.method:
         values, extra = _attribute_one(method, loaded, image, target, args)
-        maps[attribution_title(method, values)] = values[0]
+        maps.append(values)
         save_attribution(loaded, image, method, values[0], args.out, **extra)
         print(_report(method, values, extra))
     row = len(maps) > 1 or args.shared_scale
     if row:
-        save_attribution_row(loaded, image, maps, args.out, args.shared_scale)
+        save_attribution_row(maps, args.out, args.shared_scale)
     print(
         f"wrote {', '.join(args.method)} (PNG and .npz){' and methods.png' if row else ''} to {args.out}"
     )

@@ -49,7 +49,7 @@ def _embed(args: argparse.Namespace) -> None:
     loaded = load(args)
     data = with_transform(data, loaded.transform)
     found = embed(loaded.model, data, args.n, progress=True)
-    written = save_embedding(loaded, data, found, args.out)
+    written = save_embedding(found, args.out)
     print(f"wrote {', '.join(p.name for p in written)} and embedding.csv to {args.out}")
 
 
@@ -82,5 +82,5 @@ def _neighbours(args: argparse.Namespace) -> None:
     chosen = Subset(with_transform(queries, loaded.transform), args.indices)
     gallery = with_transform(gallery, loaded.transform)
     found = nearest_neighbours(loaded.model, chosen, gallery, args.k)
-    path = save_neighbours(loaded, chosen, gallery, found, args.out)
+    path = save_neighbours(found, args.out)
     print(f"wrote {path}")

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from convlens import __version__
 from convlens._io import safe_name
+from convlens._progress import tqdm
 from convlens.analysis.filters import dead_units
 from convlens.cli._inputs import load, open_checked
 from convlens.cli._options import (
@@ -64,7 +64,7 @@ def _top_examples(loaded: LoadedModel, data: Dataset, result: ScanResult, out: P
         field = receptive_field(loaded.model, layer, loaded.input_size)
         for channel in tqdm(range(top.values.shape[0]), desc=f"render {layer}"):
             examples = top_examples(loaded.model, data, top, layer, channel, field)
-            figure = figures.top_examples_figure(loaded, examples)
+            figure = figures.top_examples_figure(examples)
             written.append(write_png(out / safe_name(layer) / f"unit-{channel:04d}.png", figure))
     return written
 

@@ -21,7 +21,7 @@ from convlens.cli._registry import command
 from convlens.data import open_image
 from convlens.data.select import take, with_transform
 from convlens.models.layers import default_layers
-from convlens.occlusion import default_geometry, occlusion, strongest_projection
+from convlens.occlusion import default_geometry, occlusion
 from convlens.report.results import save_feature_maps, save_occlusion
 
 
@@ -107,11 +107,9 @@ def _occlude(args: argparse.Namespace) -> None:
         fast=args.fast,
         progress=True,
     )
-    projections = strongest_projection(loaded.model, images, maps)
     for n, index in enumerate(indices):
         out = args.out / f"image-{index}" if len(indices) > 1 else args.out
-        projection = None if projections is None else projections[n]
-        figure = save_occlusion(loaded, images[n], maps[n], projection, out)
+        figure = save_occlusion(maps[n], out)
         target = int(maps.target[n])
         print(
             f"image {index}: p({loaded.classes[target]}) = {float(maps.base_prob[n]):.3f} "

@@ -68,17 +68,17 @@ def _synthesize_arguments(parser: argparse.ArgumentParser) -> None:
     out_option("convlens-synthesize")(parser)
 
 
-def _objective(args: argparse.Namespace, loaded: LoadedModel) -> tuple[Objective, list[str]]:
-    """The objective of `--objective` or `--classes` and one label per image it makes."""
+def _objective(args: argparse.Namespace, loaded: LoadedModel) -> tuple[Objective, int]:
+    """The objective of `--objective` or `--classes` and how many images it makes."""
     if args.objective:
         if args.objective.startswith("class:"):
             check_class(loaded, int(args.objective.removeprefix("class:")), "--objective")
-        return as_objective(args.objective), [f"{args.objective} #{i}" for i in range(args.n)]
+        return as_objective(args.objective), args.n
     classes = args.classes or list(range(min(len(loaded.classes), 10)))
     for c in classes:
         check_class(loaded, c, "--classes")
     classes = [c for c in classes for _ in range(args.n)]
-    return class_score(classes), [f"{c}: {loaded.classes[c]}" for c in classes]
+    return class_score(classes), len(classes)
 
 
 @command(
@@ -88,19 +88,19 @@ def _objective(args: argparse.Namespace, loaded: LoadedModel) -> tuple[Objective
 )
 def _synthesize(args: argparse.Namespace) -> None:
     loaded = load(args)
-    goal, labels = _objective(args, loaded)
+    goal, count = _objective(args, loaded)
     result = synthesize(
         loaded,
         goal,
         preset=args.preset,
         steps=args.steps,
         size=args.size,
-        n=len(labels),
+        n=count,
         seed=args.seed,
         diversity_weight=args.diversity,
         progress=True,
     )
-    path = save_synthesis(result, labels, args.out, f"synthesis-{args.preset}")
+    path = save_synthesis(result, args.out, f"synthesis-{args.preset}")
     print(f"{result.preset.describe()}\nwrote {path} and its .npz")
 
 
@@ -122,7 +122,7 @@ def _invert(args: argparse.Namespace) -> None:
     loaded = load(args)
     image = loaded.transform(picture)
     result = invert(loaded, args.layer, image, steps=args.steps, progress=True)
-    path = save_inversion(loaded, image, result, args.out)
+    path = save_inversion(result, args.out)
     print(f"normalised feature distance {float(result.distance[-1, 0]):.4f}; wrote {path}")
 
 
@@ -160,7 +160,7 @@ def _fool(args: argparse.Namespace) -> None:
     check_class(loaded, args.target_class, "--target-class")
     image = loaded.transform(picture)
     fooled = fooling_image(loaded.model, image, args.target_class)
-    path = save_fooling(loaded, image, fooled, args.out)
+    path = save_fooling(fooled, args.out)
     verdict = f"fooled in {fooled.steps} steps" if fooled.fooled else "not fooled"
     print(f"{verdict} (p = {float(fooled.target_prob[-1]):.3f}); wrote {path}")
     if data is None:

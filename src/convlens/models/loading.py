@@ -12,6 +12,7 @@ from torch import nn
 from convlens._errors import ConvlensError, unknown_name_error
 from convlens._io import read_checkpoint, read_checkpoint_meta
 from convlens._paths import default_model_dir
+from convlens.models.card import ModelCard, file_card
 from convlens.models.preprocess import Preprocess
 from convlens.models.zoo import BUILTIN_MODELS
 
@@ -38,6 +39,14 @@ class LoadedModel:
     input_size: tuple[int, int, int]
     spec: str
     weights: str | None = None
+
+    def __post_init__(self) -> None:
+        file_card(self.model, self.card)  # results made by `self.model` know where it came from
+
+    @property
+    def card(self) -> ModelCard:
+        """What pictures of this model's results show: its spec, transform and class names."""
+        return ModelCard(self.spec, self.transform, tuple(self.classes))
 
 
 def load_model(

@@ -8,24 +8,17 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from convlens import charts, render
 from convlens._io import safe_name
 from convlens.analysis.invariance import Invariance
 from convlens.data.select import item
-from convlens.embedding import Neighbours
+from convlens.embedding import Embedding, Neighbours
+from convlens.models.card import ModelCard
 from convlens.models.layers import ReceptiveField
-from convlens.models.loading import LoadedModel
 from convlens.occlusion import Occlusion
 from convlens.scan import TopExamples
-
-
-def class_name(classes: Sequence[str], label: int) -> str:
-    """The name of class `label`; "unlabelled" for -1, the number itself past the names."""
-    if label < 0:
-        return "unlabelled"
-    return classes[label] if label < len(classes) else str(label)
+from convlens.synthesis import Fooling, Inversion, Synthesis
 
 
 def filter_figures(weights: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
@@ -50,13 +43,13 @@ def method_stem(method: str) -> str:
 
 
 def attribution_figures(
-    loaded: LoadedModel, image: torch.Tensor, method: str, values: torch.Tensor, size: int = 224
+    card: ModelCard, image: torch.Tensor, method: str, values: torch.Tensor, size: int = 224
 ) -> dict[str, np.ndarray]:
     """The image and its attribution `values` by `method`, named for files: a map without
     channels (H, W) (saliency, class activation maps) as `<method>` heat map and
     `<method>-overlay`; a signed map (C, H, W) as `<method>`, stretched around zero (grey is
     zero)."""
-    shown = loaded.transform.denormalize(image)
+    shown = card.shown(image)
     name = method_stem(method)
     figures = {"image": render.picture(shown, size)}
     if values.dim() == 2:
@@ -73,7 +66,7 @@ def attribution_title(method: str, values: torch.Tensor) -> str:
 
 
 def attribution_row(
-    loaded: LoadedModel,
+    card: ModelCard,
     image: torch.Tensor,
     maps: dict[str, torch.Tensor],
     shared_scale: bool = False,
@@ -84,7 +77,7 @@ def attribution_row(
     scale (maps without channels as heat overlays, signed maps stretched around zero), or with
     `shared_scale` every map as the share of its total |attribution| in each pixel, all on one
     heat scale from 0 to the largest 99.5th percentile among them."""
-    shown = loaded.transform.denormalize(image)
+    shown = card.shown(image)
     panels = [("image", render.picture(shown, size))]
     if shared_scale:
         shares = {title: render.mass_share(values) for title, values in maps.items()}
@@ -106,61 +99,108 @@ def attribution_row(
     return render.panel_row(panels)
 
 
-def top_examples_figure(loaded: LoadedModel, examples: TopExamples) -> np.ndarray:
+def top_examples_figure(examples: TopExamples) -> np.ndarray:
     """Zeiler & Fergus Fig. 2 for one channel (`scan.top_examples`): the projections beside the
     image patches, both cropped to each activation's receptive field."""
-    shown = loaded.transform.denormalize(examples.images)
+    shown = (examples.card or ModelCard("model")).shown(examples.images)
     boxes = examples.boxes
     patches = torch.stack([render.crop_padded(i, b, fill=0.5) for i, b in zip(shown, boxes)])
     projected = torch.stack([render.crop_padded(p, b) for p, b in zip(examples.projections, boxes)])
     return render.top_examples_figure(patches, projected)
 
 
-def occlusion_panels(
-    loaded: LoadedModel, image: torch.Tensor, maps: Occlusion, projection: torch.Tensor | None
-) -> list[tuple[str, np.ndarray]]:
+def occlusion_panels(maps: Occlusion) -> list[tuple[str, np.ndarray]]:
     """Fig. 7 for one image (`maps` of that image alone): (a) the image with the occluder
     positions and the occluder where the target probability drops most, (b) the strongest
-    feature map's total activation, (c) that map's deconvnet `projection`, (d) the target
+    feature map's total activation, (c) that map's deconvnet projection, (d) the target
     probability, (e) the most probable class with a legend."""
     worst = divmod(int(maps.prob[0].argmin()), maps.prob.shape[-1])
     corner = (int(maps.ys[worst[0]]), int(maps.xs[worst[1]]))
-    shown = loaded.transform.denormalize(image)
+    card = maps.card or ModelCard("model")
+    shown = card.shown(maps.images[0])
     grid = render.occluder_grid(shown, maps.ys, maps.xs, maps.window, corner)
     panels = [("(a) image, occluder positions", grid)]
-    if maps.layer is not None and projection is not None:
+    if maps.projection is not None:
         channel = int(maps.channel[0])
         panels += [
             (f"(b) {maps.layer} map {channel}", render.position_map(maps.activation[0])),
-            (f"(c) projection of map {channel}", render.signed_image(projection)),
+            (f"(c) projection of map {channel}", render.signed_image(maps.projection[0])),
         ]
     top = max(float(maps.prob[0].max()), float(maps.base_prob[0]), 1e-6)
-    name = class_name(loaded.classes, int(maps.target[0]))
+    name = card.class_name(int(maps.target[0]))
+    names = list(card.classes) or [str(c) for c in range(int(maps.argmax.max()) + 1)]
     return [
         *panels,
         (f"(d) p({name}), 0 to {top:.3g}", render.position_map(maps.prob[0], scale=(0, top))),
-        ("(e) most probable class", render.class_map(maps.argmax[0], list(loaded.classes))),
+        ("(e) most probable class", render.class_map(maps.argmax[0], names)),
     ]
 
 
-def neighbours_figure(
-    loaded: LoadedModel, queries: Dataset, gallery: Dataset, found: Neighbours
-) -> np.ndarray:
+def neighbours_figure(found: Neighbours) -> np.ndarray:
     """Each query (first column) with its nearest gallery images: in feature space (upper row)
     and in pixel space (lower row), as the lecture slides show them."""
     k = found.feature_indices.shape[1]
+    card = found.card or ModelCard("model")
     rows = []
-    for q in range(len(queries)):
-        query = loaded.transform.denormalize(item(queries, q)[0])
+    for q in range(len(found.queries)):
+        query = card.shown(item(found.queries, q)[0])
         for label, indices in (
             ("features", found.feature_indices),
             ("pixels", found.pixel_indices),
         ):
-            hits = [item(gallery, int(i)) for i in indices[q]]
-            images = [query] + [loaded.transform.denormalize(image) for image, _ in hits]
-            names = [label] + [class_name(loaded.classes, hit) for _, hit in hits]
+            hits = [item(found.gallery, int(i)) for i in indices[q]]
+            images = [query] + [card.shown(image) for image, _ in hits]
+            names = [label] + [card.class_name(hit) for _, hit in hits]
             rows.append(render.labelled_tiles(torch.stack(images), names, columns=k + 1, size=72))
     return render.stacked(rows)
+
+
+def embedding_figures(found: Embedding, tile: int = 28) -> dict[str, np.ndarray]:
+    """`tsne-mosaic` (each embedded image at its grid cell) and `tsne-scatter` (the points
+    coloured by class)."""
+    card = found.card or ModelCard("model")
+    shown = torch.stack([card.shown(item(found.data, int(i))[0]) for i in found.indices])
+    names = list(card.classes) or [str(c) for c in range(int(found.labels.max()) + 1)]
+    return {
+        "tsne-mosaic": render.mosaic(shown, found.layout, tile),
+        "tsne-scatter": charts.scatter(found.xy, found.labels, names),
+    }
+
+
+def synthesis_grid(result: Synthesis) -> np.ndarray:
+    """Synthesised images in rows of five, each captioned with its label (its number when the
+    result has none)."""
+    labels = result.labels or tuple(str(i) for i in range(len(result.images)))
+    return render.labelled_tiles(result.images, list(labels))
+
+
+def inversion_panels(result: Inversion, image: int = 0) -> list[tuple[str, np.ndarray]]:
+    """Image `image` beside its reconstruction from the code at `result.layer`."""
+    distance = float(result.distance[-1, image])
+    reconstruction = (
+        f"from {result.layer} (distance {distance:.3f})",
+        render.picture(result.images[image]),
+    )
+    if result.originals is None:
+        return [reconstruction]
+    return [("original", render.picture(result.originals[image])), reconstruction]
+
+
+def fooling_panels(fooled: Fooling) -> list[tuple[str, np.ndarray]]:
+    """Original, fooling image and their difference (stretched around zero), with the classes
+    predicted for each."""
+    card = fooled.card or ModelCard("model")
+    now = (f"now: {card.class_name(fooled.final_class)}", render.picture(card.shown(fooled.image)))
+    if fooled.original is None:
+        return [now]
+    return [
+        (
+            f"original: {card.class_name(fooled.original_class)}",
+            render.picture(card.shown(fooled.original)),
+        ),
+        now,
+        ("difference", render.signed_image(fooled.image.cpu() - fooled.original)),
+    ]
 
 
 def evolution_tiles(

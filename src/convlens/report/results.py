@@ -8,19 +8,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from convlens import charts, render
+from convlens import render
 from convlens._io import safe_name, write_json
 from convlens.analysis.evolution import Evolution, checkpoint_label
 from convlens.analysis.filters import DeadUnits, FirstLayer, filter_rms
 from convlens.analysis.invariance import Invariance
-from convlens.data.select import item
+from convlens.attribution import AttributionMap
 from convlens.embedding import Embedding, Neighbours
 from convlens.models.layers import LayerInfo
 from convlens.models.loading import LoadedModel
 from convlens.occlusion import Occlusion
-from convlens.report import figures, trust_figures
+from convlens.report import display, figures, trust_figures
 from convlens.report.writer import write_npz, write_png, write_pngs, write_text
 from convlens.synthesis import AdversarialAccuracy, Fooling, Inversion, Synthesis
 from convlens.trust.assess import Trust
@@ -77,60 +76,45 @@ def save_attribution(
     image and any `extra` arrays (`<method>.npz`)."""
     arrays = {method: values.cpu().numpy(), "image": image.cpu().numpy(), **extra}
     write_npz(out / f"{figures.method_stem(method)}.npz", **arrays)
-    return write_pngs(out, figures.attribution_figures(loaded, image, method, values))
+    return write_pngs(out, figures.attribution_figures(loaded.card, image, method, values))
 
 
-def save_attribution_row(
-    loaded: LoadedModel,
-    image: torch.Tensor,
-    maps: dict[str, torch.Tensor],
-    out: Path,
-    shared_scale: bool = False,
-) -> Path:
-    """Several methods' maps of one image side by side (`figures.attribution_row`), as
-    `methods.png`."""
-    return write_png(
-        out / "methods.png", figures.attribution_row(loaded, image, maps, shared_scale)
-    )
+def save_attribution_row(maps: list[AttributionMap], out: Path, shared_scale: bool = False) -> Path:
+    """Several methods' maps of the same image(s) side by side, as `methods.png`: the picture
+    `cl.show(*maps, shared_scale=...)` shows in a notebook."""
+    return write_png(out / "methods.png", display.show(*maps, shared_scale=shared_scale).array)
 
 
-def save_occlusion(
-    loaded: LoadedModel,
-    image: torch.Tensor,
-    maps: Occlusion,
-    projection: torch.Tensor | None,
-    out: Path,
-) -> Path:
-    """Fig. 7 for one image (`figures.occlusion_panels`): the row `occlusion.png`, each panel
-    on its own (`occlusion-a.png`, ...) and the raw maps (`occlusion.npz`)."""
-    panels = figures.occlusion_panels(loaded, image, maps, projection)
+def save_occlusion(maps: Occlusion, out: Path) -> Path:
+    """Fig. 7 for one image (`maps` of that image alone, `figures.occlusion_panels`): the row
+    `occlusion.png`, each panel on its own (`occlusion-a.png`, ...) and the raw maps
+    (`occlusion.npz`)."""
+    panels = figures.occlusion_panels(maps)
     for title, panel in panels:
         write_png(out / f"occlusion-{title[1]}.png", panel)
     raw = {name: getattr(maps, name)[0].numpy() for name in ("prob", "argmax", "sensitivity")}
-    if maps.layer is not None and projection is not None:
-        raw |= {"activation": maps.activation[0].numpy(), "projection": projection.cpu().numpy()}
+    if maps.projection is not None:
+        raw |= {"activation": maps.activation[0].numpy(), "projection": maps.projection[0].numpy()}
     write_npz(out / "occlusion.npz", ys=maps.ys.numpy(), xs=maps.xs.numpy(), **raw)
     return write_png(out / "occlusion.png", render.panel_row(panels))
 
 
-def save_synthesis(result: Synthesis, labels: list[str], out: Path, name: str) -> Path:
-    """Synthesised images as a captioned grid `<name>.png`, raw arrays and trace in `<name>.npz`."""
+def save_synthesis(result: Synthesis, out: Path, name: str) -> Path:
+    """Synthesised images as a grid captioned with their labels (`<name>.png`), raw arrays and
+    trace in `<name>.npz`."""
     write_npz(
         out / f"{name}.npz",
         images=result.images.cpu().numpy(),
         inputs=result.inputs.cpu().numpy(),
         trace=result.trace.numpy(),
     )
-    return write_png(out / f"{name}.png", render.labelled_tiles(result.images, labels))
+    return write_png(out / f"{name}.png", figures.synthesis_grid(result))
 
 
-def save_inversion(loaded: LoadedModel, image: torch.Tensor, result: Inversion, out: Path) -> Path:
-    """The image beside its reconstruction from the code at `result.layer`."""
-    distance = float(result.distance[-1, 0])
-    panels = [
-        ("original", render.picture(loaded.transform.denormalize(image))),
-        (f"from {result.layer} (distance {distance:.3f})", render.picture(result.images[0])),
-    ]
+def save_inversion(result: Inversion, out: Path) -> Path:
+    """The image beside its reconstruction from the code at `result.layer`
+    (`figures.inversion_panels`)."""
+    panels = figures.inversion_panels(result)
     write_npz(
         out / "inversion.npz",
         image=result.inputs[0].cpu().numpy(),
@@ -139,20 +123,9 @@ def save_inversion(loaded: LoadedModel, image: torch.Tensor, result: Inversion, 
     return write_png(out / "inversion.png", render.panel_row(panels))
 
 
-def save_fooling(loaded: LoadedModel, image: torch.Tensor, fooled: Fooling, out: Path) -> Path:
-    """Original, fooling image and their difference (stretched around zero), with predictions."""
-    denormalize, classes = loaded.transform.denormalize, loaded.classes
-    panels = [
-        (
-            f"original: {figures.class_name(classes, fooled.original_class)}",
-            render.picture(denormalize(image)),
-        ),
-        (
-            f"now: {figures.class_name(classes, fooled.final_class)}",
-            render.picture(denormalize(fooled.image)),
-        ),
-        ("difference", render.signed_image(fooled.image.cpu() - image.cpu())),
-    ]
+def save_fooling(fooled: Fooling, out: Path) -> Path:
+    """Original, fooling image and their difference (`figures.fooling_panels`)."""
+    panels = figures.fooling_panels(fooled)
     write_npz(
         out / "fooling.npz",
         image=fooled.image.cpu().numpy(),
@@ -170,38 +143,26 @@ def save_adversarial_accuracy(table: AdversarialAccuracy, out: Path) -> Path:
     return write_json(out / "adversarial.json", {"images": table.images, "accuracy": rows})
 
 
-def save_embedding(
-    loaded: LoadedModel, data: Dataset, found: Embedding, out: Path, *, tile: int = 28
-) -> list[Path]:
-    """The t-SNE mosaic, the scatter plot coloured by class, and `embedding.csv`."""
-    shown = torch.stack(
-        [loaded.transform.denormalize(item(data, int(i))[0]) for i in found.indices]
-    )
+def save_embedding(found: Embedding, out: Path, *, tile: int = 28) -> list[Path]:
+    """The t-SNE mosaic, the scatter plot coloured by class (`figures.embedding_figures`), and
+    `embedding.csv`."""
     cells = {int(index): (row, col) for (row, col), index in np.ndenumerate(found.layout)}
     rows = ["index,label,x,y,row,col"] + [
         f"{index},{found.labels[n]},{found.xy[n, 0]:.4f},{found.xy[n, 1]:.4f},{cells[n][0]},{cells[n][1]}"
         for n, index in enumerate(found.indices)
     ]
     write_text(out / "embedding.csv", "\n".join(rows) + "\n")
-    scatter = charts.scatter(found.xy, found.labels, list(loaded.classes))
-    return [
-        write_png(out / "tsne-mosaic.png", render.mosaic(shown, found.layout, tile)),
-        write_png(out / "tsne-scatter.png", scatter),
-    ]
+    return write_pngs(out, figures.embedding_figures(found, tile))
 
 
-def save_neighbours(
-    loaded: LoadedModel, queries: Dataset, gallery: Dataset, found: Neighbours, out: Path
-) -> Path:
+def save_neighbours(found: Neighbours, out: Path) -> Path:
     """`figures.neighbours_figure` and the neighbour indices (`neighbours.json`)."""
     indices = {
         "feature_indices": found.feature_indices.tolist(),
         "pixel_indices": found.pixel_indices.tolist(),
     }
     write_json(out / "neighbours.json", indices)
-    return write_png(
-        out / "neighbours.png", figures.neighbours_figure(loaded, queries, gallery, found)
-    )
+    return write_png(out / "neighbours.png", figures.neighbours_figure(found))
 
 
 def save_diagnosis(runs: dict[str, tuple[dict, FirstLayer]], out: Path) -> dict[str, dict]:

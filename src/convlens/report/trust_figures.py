@@ -9,10 +9,10 @@ import torch
 
 from convlens import charts, render
 from convlens.trust.assess import Trust
-from convlens.trust.randomisation import Randomisation
+from convlens.trust.randomisation import DataRandomisation, Randomisation
 
 
-def _magnitude_tile(values: torch.Tensor, size: int) -> np.ndarray:
+def magnitude_tile(values: torch.Tensor, size: int) -> np.ndarray:
     """A map's |values| (summed over channels) as a heat map scaled to its own range."""
     magnitude = values.detach().float().cpu().abs()
     magnitude = magnitude.sum(0) if magnitude.dim() == 3 else magnitude
@@ -28,12 +28,26 @@ def randomisation_figure(found: Randomisation, image: int = 0, size: int = 72) -
     each |map| on its own scale."""
     rows = []
     for method, maps in found.maps.items():
-        tiles = [_magnitude_tile(step[image], size) for step in maps]
+        tiles = [magnitude_tile(step[image], size) for step in maps]
         titles = ["original", *[layer[-11:] for layer in found.steps]]
         row = render.panel_row(list(zip(titles, tiles)))
         rows.append(
             render.caption(row, f"{method}: pass" if found.passed[method] else f"{method}: FAIL")
         )
+    return render.stacked(rows)
+
+
+def data_randomisation_figure(
+    found: DataRandomisation, image: int = 0, size: int = 72
+) -> np.ndarray:
+    """Rows: the methods; columns: the map of image `image` by the trained model and by the
+    model trained on permuted labels, each |map| on its own scale."""
+    rows = []
+    for method, maps in found.maps.items():
+        tiles = [("trained", magnitude_tile(maps[0][image], size))]
+        tiles.append(("permuted labels", magnitude_tile(maps[1][image], size)))
+        verdict = "pass" if found.passed[method] else "FAIL"
+        rows.append(render.caption(render.panel_row(tiles), f"{method}: {verdict}"))
     return render.stacked(rows)
 
 

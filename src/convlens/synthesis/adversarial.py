@@ -15,14 +15,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from convlens._errors import ConvlensError
+from convlens._shown import Shown
 from convlens.hooks import model_device, preserved_state
+from convlens.models.card import ModelCard, card_of
 
 
 @dataclass(frozen=True)
-class Fooling:
+class Fooling(Shown):
     """The fooling image (C, H, W) in input space, whether the model now predicts the target,
     after how many steps, the target's probability per step, and the class predicted for the
-    original image and for the final one."""
+    original image and for the final one; `original` (input space) and the model's `card`
+    for the picture."""
 
     image: torch.Tensor
     fooled: bool
@@ -30,6 +33,8 @@ class Fooling:
     target_prob: torch.Tensor
     original_class: int
     final_class: int
+    original: torch.Tensor | None = None
+    card: ModelCard | None = None
 
 
 def fooling_image(
@@ -64,7 +69,16 @@ def fooling_image(
             (grad,) = torch.autograd.grad(logits[0, target_class], x)
             x = (x + lr * grad / grad.norm().clamp_min(1e-12)).detach()
     fooled = predicted[-1] == target_class
-    return Fooling(x.detach()[0], fooled, step, torch.tensor(probs), predicted[0], predicted[-1])
+    return Fooling(
+        x.detach()[0],
+        fooled,
+        step,
+        torch.tensor(probs),
+        predicted[0],
+        predicted[-1],
+        image.detach().cpu(),
+        card_of(model),
+    )
 
 
 def fgsm(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float) -> torch.Tensor:

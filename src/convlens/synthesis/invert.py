@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from convlens._progress import tqdm
+from convlens._shown import Shown
 from convlens.hooks import capture, model_device, preserved_state, resolve_layer
 from convlens.models.loading import LoadedModel
 from convlens.models.preprocess import Preprocess
@@ -34,14 +35,16 @@ def pixel_bound(prep: Preprocess) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class Inversion:
+class Inversion(Shown):
     """`images` (N, C, H, W) in [0, 1], `inputs` in input space, `distance` (steps, N): the
-    normalised feature distance ||Phi(x) - Phi0||^2 / ||Phi0||^2 per step."""
+    normalised feature distance ||Phi(x) - Phi0||^2 / ||Phi0||^2 per step; `originals` the
+    images inverted, in [0, 1]."""
 
     images: torch.Tensor
     inputs: torch.Tensor
     distance: torch.Tensor
     layer: str
+    originals: torch.Tensor | None = None
 
 
 def feature_distance(code: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -106,4 +109,5 @@ def invert(
             optimizer.step()
             distances.append(distance.detach().cpu())
     final = x.detach()
-    return Inversion(prep.denormalize(final), final, torch.stack(distances), layer)
+    shown = prep.denormalize(final)
+    return Inversion(shown, final, torch.stack(distances), layer, prep.denormalize(images.cpu()))

@@ -21,12 +21,14 @@ Evaluate = Callable[[dict[str, torch.Tensor], torch.Tensor | None], torch.Tensor
 @dataclass(frozen=True)
 class Objective:
     """`evaluate(activations, logits)` → (N,) values to maximise. `layers` are the layers it reads;
-    `needs_logits` says whether the forward must run to the end."""
+    `needs_logits` says whether the forward must run to the end; `classes` the class of each
+    image for a class objective (empty otherwise), to name the images."""
 
     evaluate: Evaluate
     layers: frozenset[str] = field(default_factory=frozenset)
     needs_logits: bool = False
     name: str = ""
+    classes: tuple[int, ...] = ()
 
     def __call__(self, activations: dict[str, torch.Tensor], logits: torch.Tensor | None):
         return self.evaluate(activations, logits)
@@ -93,7 +95,8 @@ def class_score(classes: int | Sequence[int]) -> Objective:
             )
         return logits.gather(1, wanted[:, None])[:, 0]
 
-    return Objective(evaluate, needs_logits=True, name=f"class {classes}")
+    wanted = tuple(int(c) for c in torch.as_tensor(classes).flatten())
+    return Objective(evaluate, needs_logits=True, name=f"class {classes}", classes=wanted)
 
 
 def _feature_map(

@@ -11,10 +11,12 @@ from dataclasses import dataclass, field, replace
 import torch
 import torchvision.transforms.v2.functional as TF
 from torch import nn
-from tqdm.auto import tqdm
 
 from convlens._errors import ConvlensError, unknown_name_error
+from convlens._progress import tqdm
+from convlens._shown import Shown
 from convlens.hooks import Captured, capture, model_device, preserved_state
+from convlens.models.card import ModelCard, card_of
 from convlens.models.loading import LoadedModel
 from convlens.models.preprocess import Preprocess
 from convlens.render import signed_stretch
@@ -30,15 +32,17 @@ IMAGENET = Preprocess(3, (224, 224), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225
 
 
 @dataclass(frozen=True)
-class Synthesis:
+class Synthesis(Shown):
     """`images` (N, C, H, W) in [0, 1] for display (see `display`), `inputs` the images in the
-    model's input space, `trace` (steps, N) the objective per step, and what produced them."""
+    model's input space, `trace` (steps, N) the objective per step, what produced them, and a
+    caption per image (`image_labels`)."""
 
     images: torch.Tensor
     inputs: torch.Tensor
     trace: torch.Tensor
     objective: str
     preset: Preset
+    labels: tuple[str, ...] = ()
 
 
 def resolve_model(
@@ -139,6 +143,7 @@ def synthesize(
     """
     module, prep = resolve_model(model, preprocess)
     preset = preset_named(preset, steps=steps, **overrides)
+    labels = image_labels(as_objective(objective), card_of(module), n, offset)
     objective = _with_diversity(as_objective(objective), module, n, diversity_weight)
     loop = _start(module, prep, preset, n, size, seed, offset)
     with (
@@ -156,7 +161,17 @@ def synthesize(
             warnings.warn(
                 f"interrupted at step {len(loop.trace)}; returning the image so far", stacklevel=2
             )
-    return _finish(loop, objective, preset, prep, n)
+    return replace(_finish(loop, objective, preset, prep, n), labels=labels)
+
+
+def image_labels(goal: Objective, card: ModelCard, n: int, offset: int = 0) -> tuple[str, ...]:
+    """A caption per image: "class: name" for a class objective, else the objective and the
+    image's number (counted from `offset`, the first image's place in a chunked batch)."""
+    numbers = range(offset, offset + n)
+    if not goal.classes:
+        return tuple(f"{goal.name} #{i}" for i in numbers)
+    classes = goal.classes * n if len(goal.classes) == 1 else goal.classes
+    return tuple(f"{classes[i - offset]}: {card.class_name(classes[i - offset])}" for i in numbers)
 
 
 @dataclass

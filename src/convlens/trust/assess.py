@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from convlens._shown import Shown
 from convlens.attribution.methods import method_function
 from convlens.hooks import model_device
 from convlens.targets import Target
@@ -22,7 +23,7 @@ TRUST_METHODS = ("gradient", "saliency", "deconvnet", "guided", "gradcam", "guid
 
 
 @dataclass(frozen=True)
-class Trust:
+class Trust(Shown):
     """`randomisation` of the methods; per method and per reference map (random, edges,
     centre): `deletion`, `insertion` and `soft_mask` scores."""
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from convlens._errors import ConvlensError
+from convlens._shown import Shown
 from convlens.attribution.backward import as_input, check_images
 from convlens.attribution.integrated import make_baseline
 from convlens.attribution.score import unit_scaled
@@ -26,7 +27,7 @@ DEFAULT_BATCH = 64
 
 
 @dataclass(frozen=True)
-class Curve:
+class Curve(Shown):
     """A deletion or insertion result: `curve` (N, steps + 1) the target's probability after
     each step, `auc` (N,) its trapezoid mean over [0, 1], `kind` "deletion" or "insertion"."""
 
@@ -36,7 +37,7 @@ class Curve:
 
 
 @dataclass(frozen=True)
-class SoftMask:
+class SoftMask(Shown):
     """Chattopadhyay et al.'s scores of maps used as soft masks: `drop` (N,) max(0, Y - O) / Y
     and `increase` (N,) O > Y, for Y the target's probability on the image and O on the image
     times its map scaled to [0, 1]; `average_drop` (percent) and `increase_in_confidence`

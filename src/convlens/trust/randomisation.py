@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from convlens._errors import ConvlensError
+from convlens._shown import Shown
 from convlens.attribution.methods import method_function
 from convlens.targets import Target, select_targets
 from convlens.trust.similarity import METRICS, baseline, similarity
@@ -33,7 +34,7 @@ MAP_BATCH = 32  # images per method call
 Method = str | Callable[..., torch.Tensor]
 
 
-class Verdicts:
+class Verdicts(Shown):
     """The summary of a randomisation test from its `similarity` and `baseline` fields."""
 
     similarity: dict[str, dict[str, np.ndarray]]
