@@ -3,6 +3,7 @@ or escaped HTML with its title; `cl.show` lays results out side by side."""
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import io
 
@@ -16,7 +17,7 @@ from torch.utils.data import TensorDataset
 
 import convlens as cl
 from convlens._shown import Page, Picture, shown
-from convlens.analysis.evolution import Evolution
+from convlens.analysis.evolution import Evolution, evolution_projections
 from convlens.embedding import Embedding
 from convlens.models.card import _CARDS, card_of
 from convlens.models.layers import default_layers
@@ -60,7 +61,7 @@ def results(made) -> dict[type, tuple[object, list[str]]]:
             ["my-net", "9 images"],
         ),
         (cl.nearest_neighbours(model, data, data, 2), ["my-net", "neighbours"]),
-        (Evolution(["a", "b"], [found, found], {layers[-1]: [0, 1]}), ["a, b"]),
+        (evolved(model, data, found, layers[-1]), ["a, b"]),
         (cl.invariance(model, x, labels[:3], layers[:2], "rotate"), ["rotate"]),
         (cl.dead_units(model, data, layers[:2]), ["10 images"]),
         (cl.dead_units(model, data, layers[:1])[layers[0]], ["10 images"]),
@@ -75,6 +76,14 @@ def results(made) -> dict[type, tuple[object, list[str]]]:
         (cl.correspondence(model, x, [(0, 0, 8, 8)] * 3, layers[-1], draws=2), ["correspondence"]),
     ]
     return {type(result): (result, words) for result, words in made_results}
+
+
+def evolved(model, data, found, layer: str) -> Evolution:
+    """An Evolution of two "checkpoints" (the same model twice) with map 0's projections."""
+    evo = Evolution(["a", "b"], [found, found], {layer: [0]})
+    field = cl.receptive_field(model, layer, (1, 28, 28))
+    cells = evolution_projections(evo, [model, model], data, layer, 0, field)
+    return dataclasses.replace(evo, projections={layer: cells[None]})
 
 
 def test_every_result_type_shows_itself_with_its_title(made):

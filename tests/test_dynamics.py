@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+import convlens as cl
 from convlens.analysis.correspondence import box_masks, correspondence, sign_change
 from convlens.analysis.evolution import checkpoint_label, evolution
 from convlens.analysis.invariance import invariance, transformed
@@ -111,6 +112,15 @@ def test_evolution_equals_a_k1_scan_of_each_checkpoint(trained_default):
             assert torch.equal(result[layer].indices, alone[layer].indices)
     values = [v for v, _, _ in evo.strongest("features.13", 3)]
     assert len(values) == 4 and values[0] != values[-1]  # the feature changed during training
+    # Fig. 4's cells: the last checkpoint's projection of map 3's strongest activation, cropped
+    _, index, (y, x) = evo.strongest("features.13", 3)[-1]
+    model = load_model("zfnet-fashion", str(checkpoints[-1])).model
+    projected = cl.deconvnet(model, data[index][0][None], cl.Unit("features.13", 3, y, x))[0]
+    top, left, bottom, right = cl.receptive_field(model, "features.13", (1, 28, 28)).box(y, x)
+    padded = torch.nn.functional.pad(projected, (64, 64, 64, 64))
+    expected = padded[:, top + 64 : bottom + 64, left + 64 : right + 64]
+    assert evo.projections["features.13"].shape[:2] == (2, 4)
+    torch.testing.assert_close(evo.projections["features.13"][1, -1], expected)
 
 
 @pytest.mark.slow

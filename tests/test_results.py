@@ -18,7 +18,7 @@ from convlens.analysis.evolution import Evolution, evolution_projections
 from convlens.analysis.filters import conv_weight, first_layer, layer_maps
 from convlens.embedding import Embedding, grid_layout
 from convlens.models.layers import default_layers
-from convlens.report import figures, results
+from convlens.report import results
 from convlens.synthesis import adversarial_accuracy, class_score
 from convlens.trust.assess import assess
 
@@ -52,8 +52,9 @@ def cases(made) -> dict:
     scans = [cl.scan(model, data, layers[-1:], k=1)] * 2
     evo = Evolution(["run/epoch-001.safetensors", "run/epoch-002.safetensors"], scans, {})
     field = cl.receptive_field(model, layers[-1], loaded.input_size)
-    tiles = figures.evolution_tiles(
-        evolution_projections(evo, [model, model], data, layers[-1], 0), field
+    cells = evolution_projections(evo, [model, model], data, layers[-1], 0, field)
+    evo = dataclasses.replace(
+        evo, channels={layers[-1]: [0]}, projections={layers[-1]: cells[None]}
     )
     meta = {"config": {"model": "zfnet-fashion"}, "test_accuracy": 0.5}
     return {
@@ -71,7 +72,7 @@ def cases(made) -> dict:
         "save_embedding": (found,),
         "save_neighbours": (cl.nearest_neighbours(model, data, data, 2),),
         "save_diagnosis": ({"run": (meta, first_layer(model, data))},),
-        "save_evolution": (evo, {layers[-1]: tiles}),
+        "save_evolution": (evo,),
         "save_invariance": (cl.invariance(model, images[:2], labels[:2], layers[:2], "rotate"),),
         "save_dead_units": (cl.dead_units(model, data, layers),),
         "save_trust": (assess(model, images[:3], labels[:3], ["gradient", "gradcam"], steps=4),),

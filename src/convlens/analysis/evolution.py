@@ -4,7 +4,7 @@ strongest activation over a dataset at each training checkpoint, found by a k=1 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -16,19 +16,24 @@ from convlens._shown import Shown
 from convlens.analysis.filters import layer_maps
 from convlens.attribution import deconvnet
 from convlens.data.select import item
+from convlens.models.layers import ReceptiveField, receptive_field
 from convlens.models.loading import LoadedModel, load_model
+from convlens.render import crop_padded
 from convlens.scan import ScanResult, scan
 from convlens.targets import Unit
 
 
 @dataclass(frozen=True)
 class Evolution(Shown):
-    """One k=1 scan per checkpoint (`results[i]` for `checkpoints[i]`), and the channels shown
-    per layer."""
+    """One k=1 scan per checkpoint (`results[i]` for `checkpoints[i]`), the channels shown per
+    layer, and `projections[layer]` (shown channels, checkpoints, C, s, s): each shown
+    channel's strongest activation at each checkpoint projected by the deconvnet and cropped to
+    its receptive field (Fig. 4)."""
 
     checkpoints: list[str]
     results: list[ScanResult]
     channels: dict[str, list[int]]
+    projections: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def strongest(self, layer: str, channel: int) -> list[tuple[float, int, tuple[int, int]]]:
         """(value, dataset index, (y, x)) of the channel's strongest activation per checkpoint."""
@@ -80,18 +85,19 @@ def evolution(
             raise ConvlensError(
                 f"channel {max(shown)} is out of range: layer {layer!r} has {widths[layer]} channels"
             )
+    models = [load_model(spec, str(c)).model for c in checkpoints]
     results = [
-        scan(
-            load_model(spec, str(c)).model,
-            data,
-            layers,
-            k=1,
-            batch_size=batch_size,
-            progress=progress,
-        )
-        for c in checkpoints
+        scan(model, data, layers, k=1, batch_size=batch_size, progress=progress) for model in models
     ]
-    return Evolution([str(c) for c in checkpoints], results, chosen)
+    evo = Evolution([str(c) for c in checkpoints], results, chosen)
+    size = tuple(item(data, 0)[0].shape)
+    projections = {}
+    for layer, shown in chosen.items():
+        box = receptive_field(first, layer, size)
+        cells = [evolution_projections(evo, models, data, layer, c, box) for c in shown]
+        if cells:
+            projections[layer] = torch.stack(cells)
+    return replace(evo, projections=projections)
 
 
 def loaded_checkpoints(evo: Evolution, spec: str) -> list[LoadedModel]:
@@ -100,12 +106,18 @@ def loaded_checkpoints(evo: Evolution, spec: str) -> list[LoadedModel]:
 
 
 def evolution_projections(
-    evo: Evolution, models: Sequence[nn.Module], data: Dataset, layer: str, channel: int
-) -> list[tuple[torch.Tensor, tuple[int, int]]]:
-    """Per checkpoint, the deconvnet projection (C, H, W) of the channel's strongest activation
-    on its image, and that activation's (y, x) in the layer's map."""
-    projections = []
+    evo: Evolution,
+    models: Sequence[nn.Module],
+    data: Dataset,
+    layer: str,
+    channel: int,
+    field: ReceptiveField,
+) -> torch.Tensor:
+    """(checkpoints, C, s, s): per checkpoint, the deconvnet projection of the channel's
+    strongest activation on its image, cropped to that position's receptive field `field`."""
+    cells = []
     for model, (_, index, (y, x)) in zip(models, evo.strongest(layer, channel)):
         image = item(data, index)[0]
-        projections.append((deconvnet(model, image[None], Unit(layer, channel, y, x))[0], (y, x)))
-    return projections
+        projected = deconvnet(model, image[None], Unit(layer, channel, y, x))[0].detach().cpu()
+        cells.append(crop_padded(projected, field.box(y, x)))
+    return torch.stack(cells)

@@ -216,7 +216,7 @@ def evolution_stage(job: Job) -> dict:
     checkpoints = job.config.checkpoints
     if len(checkpoints) < 2:
         return {"note": "no training checkpoints were given (--checkpoints)"}
-    evo = evolution(checkpoints, job.data, job.layers, spec=job.loaded.spec)
+    evo = evolution(checkpoints, job.data, job.layers, [], spec=job.loaded.spec)  # every map below
     models = [loaded.model for loaded in loaded_checkpoints(evo, job.loaded.spec)]
     fields = {
         layer: receptive_field(models[0], layer, job.loaded.input_size) for layer in job.layers
@@ -225,12 +225,8 @@ def evolution_stage(job: Job) -> dict:
         (layer, c) for layer in job.layers for c in range(evo.results[0][layer].values.shape[0])
     ]
     for layer, c in job.bar(job.mine(work), "evolution strips"):
-        tiles = figures.evolution_tiles(
-            evolution_projections(evo, models, job.data, layer, c), fields[layer]
-        )
-        write_png(
-            job.site.unit_image(layer, c, "evolution"), figures.evolution_strip(tiles, len(models))
-        )
+        cells = evolution_projections(evo, models, job.data, layer, c, fields[layer])
+        write_png(job.site.unit_image(layer, c, "evolution"), figures.evolution_strip(cells))
     return {"labels": [checkpoint_label(c) for c in checkpoints]}
 
 

@@ -5,19 +5,12 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-from torch import nn
-from torch.utils.data import Dataset
-
 from convlens._errors import ConvlensError
 from convlens._io import read_checkpoint_meta
 from convlens._paths import epoch_checkpoints
 from convlens.analysis.correspondence import correspondence
 from convlens.analysis.evolution import (
-    Evolution,
     evolution,
-    evolution_projections,
-    loaded_checkpoints,
 )
 from convlens.analysis.filters import first_layer
 from convlens.analysis.invariance import IDENTITY, invariance
@@ -37,9 +30,8 @@ from convlens.cli._options import (
 )
 from convlens.cli._registry import command
 from convlens.data.select import take, with_transform
-from convlens.models.layers import default_layers, receptive_field
+from convlens.models.layers import default_layers
 from convlens.models.zoo import BUILTIN_MODELS
-from convlens.report import figures
 from convlens.report.results import save_diagnosis, save_evolution, save_invariance
 from convlens.training import TrainConfig, ensure_trained, train
 
@@ -72,19 +64,6 @@ def _default_checkpoints(model: str) -> list[str]:
     return found
 
 
-def _evolution_tiles(
-    evo: Evolution, models: list[nn.Module], data: Dataset, layer: str, input_size
-) -> torch.Tensor:
-    """The Fig. 4 tiles of every shown channel of `layer`, one row of checkpoints each."""
-    field = receptive_field(models[0], layer, input_size)
-    return torch.cat(
-        [
-            figures.evolution_tiles(evolution_projections(evo, models, data, layer, c), field)
-            for c in evo.channels[layer]
-        ]
-    )
-
-
 @command(
     "evolve",
     "feature evolution over training: each map's strongest activation per checkpoint (Fig. 4)",
@@ -97,12 +76,7 @@ def _evolve(args: argparse.Namespace) -> None:
     data = with_transform(data, loaded.transform)
     layers = args.layers or default_layers(loaded.model)
     evo = evolution(checkpoints, data, layers, args.channels, spec=args.model, progress=True)
-    models = [m.model for m in loaded_checkpoints(evo, args.model)]
-    tiles = {
-        layer: _evolution_tiles(evo, models, data, layer, loaded.input_size)
-        for layer in evo.channels
-    }
-    written = save_evolution(evo, tiles, args.out)
+    written = save_evolution(evo, args.out)
     print(f"wrote {len(written)} evolution figures to {args.out}")
 
 

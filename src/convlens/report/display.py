@@ -118,16 +118,13 @@ def _neighbours(found: Neighbours) -> Picture:
 
 
 @shown.register
-def _evolution(evo: Evolution) -> Picture:
-    labels = list(range(len(evo.checkpoints)))
-    panels = []
-    for layer, channels in evo.channels.items():
-        lines = np.array([[v for v, _, _ in evo.strongest(layer, c)] for c in channels])
-        names = [f"map {c}" for c in channels]
-        chart = charts.line_plot(labels, lines, "strongest activation", "checkpoint", names=names)
-        panels.append((layer, chart))
-    title = f"feature evolution over {', '.join(evo.checkpoints)}"
-    return titled(render.panel_row(panels), title)
+def _evolution(evo: Evolution) -> Picture | Page:
+    if not evo.projections:
+        return Page("feature evolution", "<p>no feature maps were chosen (channels=[])</p>")
+    figure = render.side_by_side(
+        [figures.evolution_figure(evo, layer) for layer in evo.projections]
+    )
+    return titled(figure, f"feature evolution over {', '.join(evo.checkpoints)}")
 
 
 @shown.register

@@ -4,18 +4,16 @@ Nothing here runs a model; the drawing primitives are in `convlens.render`."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import torch
 
 from convlens import charts, render
 from convlens._io import safe_name
+from convlens.analysis.evolution import Evolution, checkpoint_label
 from convlens.analysis.invariance import Invariance
 from convlens.data.select import item
 from convlens.embedding import Embedding, Neighbours
 from convlens.models.card import ModelCard
-from convlens.models.layers import ReceptiveField
 from convlens.occlusion import Occlusion
 from convlens.scan import TopExamples
 from convlens.synthesis import Fooling, Inversion, Synthesis
@@ -203,18 +201,20 @@ def fooling_panels(fooled: Fooling) -> list[tuple[str, np.ndarray]]:
     ]
 
 
-def evolution_tiles(
-    projections: Sequence[tuple[torch.Tensor, tuple[int, int]]], field: ReceptiveField
-) -> torch.Tensor:
-    """(checkpoints, C, s, s): each checkpoint's projection (`evolution_projections`) cropped to
-    the receptive field of its position, each stretched around zero on its own."""
-    cells = [render.crop_padded(projection, field.box(y, x)) for projection, (y, x) in projections]
-    return render.signed_stretch(torch.stack(cells).float(), dims=(1, 2, 3), quantile=0.995)
+def evolution_strip(cells: torch.Tensor) -> np.ndarray:
+    """One channel's cropped projections over training (checkpoints, C, s, s;
+    `evolution_projections`), each stretched around zero on its own, enlarged, in one row."""
+    tiles = render.signed_stretch(cells.float(), dims=(1, 2, 3), quantile=0.995)
+    return render.grid(render.fit(tiles, 48), columns=len(cells), padding=2)
 
 
-def evolution_strip(tiles: torch.Tensor, columns: int) -> np.ndarray:
-    """Evolution tiles enlarged and laid out `columns` (checkpoints) per row."""
-    return render.grid(render.fit(tiles, 48), columns=columns, padding=2)
+def evolution_figure(evo: Evolution, layer: str) -> np.ndarray:
+    """Fig. 4 for one layer: a row per shown feature map, a column per checkpoint."""
+    labels = "epochs " + " | ".join(
+        checkpoint_label(c).removeprefix("epoch ") for c in evo.checkpoints
+    )
+    rows = [evolution_strip(cells) for cells in evo.projections[layer]]
+    return render.caption(render.stacked(rows, gap=2), f"{layer}: {labels}")
 
 
 def invariance_figure(result: Invariance) -> np.ndarray:

@@ -11,7 +11,7 @@ import torch
 
 from convlens import render
 from convlens._io import safe_name, write_json
-from convlens.analysis.evolution import Evolution, checkpoint_label
+from convlens.analysis.evolution import Evolution
 from convlens.analysis.filters import DeadUnits, FirstLayer, filter_rms
 from convlens.analysis.invariance import Invariance
 from convlens.attribution import AttributionMap
@@ -185,18 +185,12 @@ def save_diagnosis(runs: dict[str, tuple[dict, FirstLayer]], out: Path) -> dict[
     return summary
 
 
-def save_evolution(evo: Evolution, tiles: dict[str, torch.Tensor], out: Path) -> list[Path]:
-    """Fig. 4 per layer: `tiles[layer]` (`figures.evolution_tiles` of each shown channel,
-    concatenated) as a row per feature map and a column per checkpoint."""
-    labels = "epochs " + " | ".join(
-        checkpoint_label(c).removeprefix("epoch ") for c in evo.checkpoints
-    )
+def save_evolution(evo: Evolution, out: Path) -> list[Path]:
+    """Fig. 4 per layer (`figures.evolution_figure`): a row per shown feature map, a column per
+    checkpoint."""
     return [
-        write_png(
-            out / f"evolution-{safe_name(layer)}.png",
-            render.caption(figures.evolution_strip(layer_tiles, len(evo.checkpoints)), labels),
-        )
-        for layer, layer_tiles in tiles.items()
+        write_png(out / f"evolution-{safe_name(layer)}.png", figures.evolution_figure(evo, layer))
+        for layer in evo.projections
     ]
 
 
