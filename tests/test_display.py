@@ -3,6 +3,7 @@ or escaped HTML with its title; `cl.show` lays results out side by side."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import gc
 import io
@@ -206,3 +207,51 @@ def test_class_models_are_captioned_with_their_class_names(made):
     assert result.labels == (f"0: {HOSTILE}", "3: class 3")
     single = cl.synthesize(loaded, "features.4:1", n=2, steps=1, offset=4)
     assert single.labels == ("features.4:1 #4", "features.4:1 #5")
+
+
+def test_maps_keep_a_small_copy_of_their_inputs_and_save_as_plain_tensors(made, tmp_path):
+    loaded, _, images, _, _ = made
+    maps = cl.saliency(loaded.model, images, 0)
+    assert maps.origin.images.shape[0] == 8  # of 10: what the picture draws, never the batch
+    assert maps.origin.images.untyped_storage().data_ptr() != images.untyped_storage().data_ptr()
+    torch.save(maps, tmp_path / "maps.pt")
+    loaded_back = torch.load(tmp_path / "maps.pt", weights_only=True)
+    assert type(loaded_back) is torch.Tensor and torch.equal(loaded_back, maps)
+    copied = copy.deepcopy(maps)
+    assert copied.method == "saliency" and torch.equal(copied, maps)
+
+
+def test_show_names_each_panel_when_targets_or_models_differ(made):
+    loaded, _, images, _, _ = made
+    other = random_builtin(spec="other-net")
+    x = images[:1]
+    mixed = cl.show(cl.saliency(loaded.model, x, 1), cl.saliency(loaded.model, x, 3))
+    twins = cl.show(cl.saliency(loaded.model, x, 1), cl.saliency(loaded.model, x, 1))
+    models = cl.show(cl.saliency(loaded.model, x, 1), cl.saliency(other.model, x, 1))
+    one = cl.show(cl.saliency(loaded.model, x, 1))
+    width = one.array.shape[1]
+    for picture in (mixed, twins, models):  # the image and both panels: none dropped
+        assert picture.array.shape[1] > width + 200
+    assert "my-net, other-net" in models.title
+
+
+def test_results_without_their_context_still_show(made):
+    loaded, data, images, labels, layers = made
+    xy = np.random.default_rng(0).normal(size=(9, 2))
+    bare = Embedding(np.arange(9), xy, cl.grid_layout(xy, 3, 3), labels[:9].numpy())
+    assert "image/png" in bare._repr_mimebundle_()
+    near = cl.nearest_neighbours(loaded.model, data, data, 2)
+    bare_near = dataclasses.replace(near, queries=None, gallery=None)
+    assert "<table>" in bare_near._repr_mimebundle_()["text/html"]
+    assert "no layers" in cl.dead_units(loaded.model, data, [])._repr_mimebundle_()["text/html"]
+    with torch.inference_mode():
+        maps = cl.occlusion(loaded.model, images[0], window=7, stride=7, layer=layers[-1])
+    assert maps.projection is None and "image/png" in maps._repr_mimebundle_()
+
+
+def test_chunked_unit_images_are_labelled_with_their_maps(made):
+    loaded, _, _, _, layers = made
+    found, _ = cl.synthesize_units(loaded, layers[0], [0, 1, 2], batch_size=2, steps=1)
+    assert found.labels == ("map 0", "map 1", "map 2")
+    with pytest.raises(cl.ConvlensError, match="2 classes for 3 images"):
+        cl.synthesize(loaded, class_score([1, 2]), n=3, steps=1)

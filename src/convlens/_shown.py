@@ -20,6 +20,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, PngImagePlugin
 
+MAX_IMAGES = 8
+"""Images of a batch a picture draws (its title says how many there were): results keep a
+copy of that many of their inputs, never the whole batch."""
+
 
 @dataclass(frozen=True)
 class Picture:

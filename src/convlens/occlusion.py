@@ -127,6 +127,7 @@ def occlusion(
     fast: bool = False,
     batch_size: int | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    project: bool = True,
     progress: bool = False,
 ) -> Occlusion:
     """Occlusion maps of one image (C, H, W) or several ((N, C, H, W) or a list), in one pass.
@@ -146,6 +147,9 @@ def occlusion(
             the largest spatial sum on the unoccluded image).
         fast: run the forwards in bfloat16 (maps close to, not equal to, the exact ones).
         batch_size: occluded images per forward; default: as many as `memory_budget` allows.
+        project: with `layer`, also project the followed map with the deconvnet (Fig. 7 (c),
+            one backward pass; skipped under `torch.inference_mode`, where nothing can be
+            differentiated).
     """
     images = _as_batch(image)
     _check_geometry(images.shape[-2:], window, stride)
@@ -164,7 +168,7 @@ def occlusion(
             )
     found = _result(base, maps, ys, xs, window, stride, tuple(images.shape[-2:]))
     projection = None
-    if found.layer is not None:  # Fig. 7 (c): one backward, next to hundreds of forwards
+    if found.layer is not None and project and not torch.is_inference_mode_enabled():
         units = [Unit(found.layer, int(channel)) for channel in found.channel]
         projection = deconvnet(model, images, units).detach().cpu()
     return replace(found, projection=projection, images=images.cpu(), card=card_of(model))

@@ -8,15 +8,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from convlens._shown import Shown
+from convlens._shown import MAX_IMAGES, Shown
 from convlens.models.card import ModelCard, card_of
 from convlens.targets import Target
 
 
 @dataclass(frozen=True)
 class Origin:
-    """What a map was made from: the model's card, the images (input space; the caller's
-    tensor, not a copy) and the target."""
+    """What a map was made from, for its picture: the model's card, a CPU copy of the first
+    `MAX_IMAGES` images (input space; never the whole batch, which may sit on a GPU) and the
+    target."""
 
     card: ModelCard
     images: torch.Tensor
@@ -25,7 +26,8 @@ class Origin:
 
 def origin(model: nn.Module, images: torch.Tensor, target: Target) -> Origin:
     """The origin of maps of `images` by `model` for `target`."""
-    return Origin(card_of(model), images.detach(), target)
+    shown = images[:MAX_IMAGES].detach().to("cpu", copy=True)
+    return Origin(card_of(model), shown, target)
 
 
 class AttributionMap(Shown, torch.Tensor):
@@ -44,6 +46,15 @@ class AttributionMap(Shown, torch.Tensor):
     method: str
     layer: str | None
     origin: Origin
+
+    def __reduce_ex__(self, protocol: int) -> object:
+        """Saved (`torch.save`, pickle) as the plain tensor: loadable with weights_only=True."""
+        return self.as_subclass(torch.Tensor).__reduce_ex__(protocol)
+
+    def __deepcopy__(self, memo: dict) -> AttributionMap:
+        """A copy of the values, with the same method, layer and origin."""
+        values = self.as_subclass(torch.Tensor).clone()
+        return labelled(values, self.method, self.origin, self.layer)
 
 
 def labelled(

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from convlens import charts, render
-from convlens._shown import Page, Picture, shown
+from convlens._shown import MAX_IMAGES, Page, Picture, shown
 from convlens.analysis.correspondence import Correspondence
 from convlens.analysis.evolution import Evolution
 from convlens.analysis.filters import DeadUnits, DeadUnitsByLayer, FeatureMaps, Filters
@@ -33,9 +33,6 @@ from convlens.trust.assess import Trust
 from convlens.trust.faithfulness import Curve, SoftMask
 from convlens.trust.randomisation import DataRandomisation, Randomisation
 
-MAX_ROWS = 8
-"""Images of a batch drawn in one picture; the title says how many there were."""
-
 
 def titled(array: np.ndarray, title: str) -> Picture:
     """A Picture of `array` with `title` written above it."""
@@ -44,7 +41,7 @@ def titled(array: np.ndarray, title: str) -> Picture:
 
 def first(count: int) -> tuple[range, str]:
     """The images drawn of `count`, and the title's note when some are left out."""
-    drawn = min(count, MAX_ROWS)
+    drawn = min(count, MAX_IMAGES)
     return range(drawn), f" (first {drawn} of {count})" if count > drawn else ""
 
 
@@ -104,14 +101,20 @@ def _fooling(fooled: Fooling) -> Picture:
 
 @shown.register
 def _embedding(found: Embedding) -> Picture:
-    pictures = figures.embedding_figures(found)
+    pictures = figures.embedding_figures(found)  # the scatter alone when the data is unknown
     name = found.card.name if found.card else "model"
     title = f"{name}: t-SNE of the codes of {len(found.indices)} images"
     return titled(render.side_by_side(list(pictures.values())), title)
 
 
 @shown.register
-def _neighbours(found: Neighbours) -> Picture:
+def _neighbours(found: Neighbours) -> Picture | Page:
+    if found.queries is None or found.gallery is None:  # made by hand: the indices only
+        rows = [
+            {"query": q, "feature space": str(f.tolist()), "pixel space": str(p.tolist())}
+            for q, (f, p) in enumerate(zip(found.feature_indices, found.pixel_indices))
+        ]
+        return Page("nearest neighbours (gallery indices)", table(rows))
     name = found.card.name if found.card else "model"
     title = f"{name}: nearest neighbours in feature space and in pixel space"
     return titled(figures.neighbours_figure(found), title)
@@ -147,7 +150,9 @@ def _dead_units(stats: DeadUnits) -> Picture:
 
 
 @shown.register
-def _dead_units_by_layer(stats: DeadUnitsByLayer) -> Picture:
+def _dead_units_by_layer(stats: DeadUnitsByLayer) -> Picture | Page:
+    if not stats:
+        return Page("dead units", "<p>no layers were measured</p>")
     images = next(iter(stats.values())).images if stats else 0
     charts_ = [_dead_chart(layer_stats) for layer_stats in stats.values()]
     return titled(render.side_by_side(charts_), f"dead units over {images} images")
@@ -275,22 +280,38 @@ def show(*results: object, shared_scale: bool = False) -> Picture:
 
 
 def _attribution_rows(maps: list[AttributionMap], shared_scale: bool) -> Picture:
-    """Each image, then its map by each method (`figures.attribution_row`), one row per image."""
-    made = maps[0].origin
-    if any(not _same_images(m.origin.images, made.images) for m in maps[1:]):
+    """Each image, then its map by each method (`figures.attribution_row`), one row per image,
+    captioned with the target; when the maps differ in target or model, each panel names its
+    own."""
+    made, count = maps[0].origin, len(maps[0])
+    if any(len(m) != count or not _same_images(m.origin.images, made.images) for m in maps):
         raise ValueError("show() puts maps side by side only when they are of the same images")
-    drawn, note = first(len(made.images))
+    drawn, note = first(count)
+    models = list(dict.fromkeys(m.origin.card.name for m in maps))
     rows = []
     for i in drawn:
-        row = {figures.attribution_title(m.method, m): m[i] for m in maps}
+        targets = [target_name(m.origin.target, m.origin.card, i, count) for m in maps]
+        titles = [figures.attribution_title(m.method, m) for m in maps]
+        if len(set(targets)) > 1:
+            titles = [f"{title} for {target}" for title, target in zip(titles, targets)]
+        if len(models) > 1:
+            titles = [f"{m.origin.card.name}: {title}" for m, title in zip(maps, titles)]
+        row = dict(zip(_unique(titles), (m[i] for m in maps)))
         picture = figures.attribution_row(made.card, made.images[i], row, shared_scale)
-        rows.append(
-            render.caption(picture, target_name(made.target, made.card, i, len(made.images)))
-        )
+        rows.append(render.caption(picture, targets[0] if len(set(targets)) == 1 else ""))
     methods = ", ".join(m.method for m in maps)
-    title = f"{made.card.name}: {methods}{note}"
-    return titled(render.stacked(rows), title)
+    return titled(render.stacked(rows), f"{', '.join(models)}: {methods}{note}")
+
+
+def _unique(titles: list[str]) -> list[str]:
+    """`titles` with repeats numbered (#2, #3, ...), so no panel is dropped."""
+    seen: dict[str, int] = {}
+    unique = []
+    for title in titles:
+        seen[title] = seen.get(title, 0) + 1
+        unique.append(title if seen[title] == 1 else f"{title} #{seen[title]}")
+    return unique
 
 
 def _same_images(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a is b or (a.shape == b.shape and bool(torch.equal(a.cpu(), b.cpu())))
+    return a.shape == b.shape and bool(torch.equal(a, b))

@@ -115,9 +115,11 @@ def occlusion_panels(maps: Occlusion) -> list[tuple[str, np.ndarray]]:
     worst = divmod(int(maps.prob[0].argmin()), maps.prob.shape[-1])
     corner = (int(maps.ys[worst[0]]), int(maps.xs[worst[1]]))
     card = maps.card or ModelCard("model")
-    shown = card.shown(maps.images[0])
-    grid = render.occluder_grid(shown, maps.ys, maps.xs, maps.window, corner)
-    panels = [("(a) image, occluder positions", grid)]
+    panels = []
+    if maps.images is not None:
+        shown = card.shown(maps.images[0])
+        grid = render.occluder_grid(shown, maps.ys, maps.xs, maps.window, corner)
+        panels.append(("(a) image, occluder positions", grid))
     if maps.projection is not None:
         channel = int(maps.channel[0])
         panels += [
@@ -157,18 +159,20 @@ def embedding_figures(found: Embedding, tile: int = 28) -> dict[str, np.ndarray]
     """`tsne-mosaic` (each embedded image at its grid cell) and `tsne-scatter` (the points
     coloured by class)."""
     card = found.card or ModelCard("model")
-    shown = torch.stack([card.shown(item(found.data, int(i))[0]) for i in found.indices])
     names = list(card.classes) or [str(c) for c in range(int(found.labels.max()) + 1)]
-    return {
-        "tsne-mosaic": render.mosaic(shown, found.layout, tile),
-        "tsne-scatter": charts.scatter(found.xy, found.labels, names),
-    }
+    scatter = charts.scatter(found.xy, found.labels, names)
+    if found.data is None:  # made by hand, without its data: the scatter alone
+        return {"tsne-scatter": scatter}
+    shown = torch.stack([card.shown(item(found.data, int(i))[0]) for i in found.indices])
+    return {"tsne-mosaic": render.mosaic(shown, found.layout, tile), "tsne-scatter": scatter}
 
 
 def synthesis_grid(result: Synthesis) -> np.ndarray:
     """Synthesised images in rows of five, each captioned with its label (its number when the
     result has none)."""
-    labels = result.labels or tuple(str(i) for i in range(len(result.images)))
+    labels = result.labels
+    if len(labels) != len(result.images):
+        labels = tuple(str(i) for i in range(len(result.images)))
     return render.labelled_tiles(result.images, list(labels))
 
 

@@ -168,7 +168,7 @@ def image_labels(goal: Objective, card: ModelCard, n: int, offset: int = 0) -> t
     """A caption per image: "class: name" for a class objective, else the objective and the
     image's number (counted from `offset`, the first image's place in a chunked batch)."""
     numbers = range(offset, offset + n)
-    if not goal.classes:
+    if len(goal.classes) not in (1, n):  # no class, or a count the objective itself refuses
         return tuple(f"{goal.name} #{i}" for i in numbers)
     classes = goal.classes * n if len(goal.classes) == 1 else goal.classes
     return tuple(f"{classes[i - offset]}: {card.class_name(classes[i - offset])}" for i in numbers)

@@ -125,20 +125,20 @@ def in_chunks(
     name: str,
 ) -> Synthesis:
     """`run(chunk, offset)` for each chunk of at most `batch_size` channels (None: one chunk),
-    joined into one Synthesis of objective `name`. Memory is bounded by the chunk; with `synthesize(offset=...)`
-    the images are those of one whole batch."""
+    joined into one Synthesis of objective `name`, each image labelled with its channel. Memory
+    is bounded by the chunk; with `synthesize(offset=...)` the images are those of one whole
+    batch."""
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not channels:
         raise ValueError("no channels to synthesise")
     size = batch_size or len(channels)
     made = [run(channels[i : i + size], i) for i in range(0, len(channels), size)]
-    if len(made) == 1:
-        return made[0]
     return replace(
         made[0],
         images=torch.cat([m.images for m in made]),
         inputs=torch.cat([m.inputs for m in made]),
         trace=torch.cat([m.trace for m in made], dim=1),
         objective=name,
+        labels=tuple(f"map {c}" for c in channels),
     )
