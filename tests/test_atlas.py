@@ -60,13 +60,22 @@ def local_links(page: Path) -> list[str]:
     return LINK.findall(page.read_text())
 
 
-def test_every_local_link_of_every_page_resolves_and_nothing_is_external(atlas):
-    pages = sorted(atlas.glob("*.html"))
-    assert len(pages) > 100  # index, 2 layers, 96 units, 3 images
+def assert_links_resolve(out: Path) -> int:
+    """Every local link of every page, from the page's own folder, is a file inside `out`;
+    nothing points outside. Returns the number of pages."""
+    pages = sorted(out.rglob("*.html"))
     for page in pages:
         for link in local_links(page):
             assert "://" not in link and not link.startswith("//"), (page.name, link)
-            assert (atlas / link.split("#")[0]).is_file(), (page.name, link)
+            target = (page.parent / link.split("#")[0]).resolve()
+            assert target.is_file() and target.is_relative_to(out.resolve()), (page, link)
+    return len(pages)
+
+
+def test_every_local_link_of_every_page_resolves_and_nothing_is_external(atlas):
+    assert assert_links_resolve(atlas) > 100  # index, 2 layers, 96 units, 3 images
+    assert {p.name for p in atlas.iterdir()} >= {"layers", "units", "images", "assets", "img"}
+    assert sorted(p.name for p in atlas.glob("*.html")) == ["index.html", "trust.html"]
     assert "http" not in (atlas / "assets" / "style.css").read_text()
 
 
@@ -96,9 +105,9 @@ def test_image_pages_show_five_attributions_on_one_scale_and_each_on_its_own(atl
     assert row.shape[1] > 6 * 140 and row.std() > 10  # the image and five maps, not blank
     for name in ("saliency-overlay", "guided", "gradcam-overlay", "guided-gradcam", "ig"):
         assert np.asarray(Image.open(folder / f"{name}.png")).std() > 1, name
-        assert f"{name}.png" in (atlas / "image-0.html").read_text()
-    page = (atlas / "image-0.html").read_text()
-    assert 'href="trust.html"' in page and "guided-gradcam " in page
+        assert f"{name}.png" in (atlas / "images" / "0.html").read_text()
+    page = (atlas / "images" / "0.html").read_text()
+    assert 'href="../trust.html"' in page and "guided-gradcam " in page
     trust = (atlas / "trust.html").read_text()
     assert trust.count("<tr>") == 1 + 7 + 3  # header, the methods, the reference maps
 
@@ -122,9 +131,9 @@ def test_a_browser_finds_every_image_and_link_working(atlas):
             tab.on("pageerror", lambda e: errors.append(str(e)))
         main_pages = [
             "index.html",
-            "layer-features.13.html",
-            "unit-features.13-0003.html",
-            "image-0.html",
+            "layers/features.13.html",
+            "units/features.13/0003.html",
+            "images/0.html",
         ]
         for name in main_pages:
             page.goto((atlas / name).as_uri())
@@ -138,7 +147,8 @@ def test_a_browser_finds_every_image_and_link_working(atlas):
                 "Array.from(document.images).filter(i => i.naturalWidth === 0).map(i => i.src)"
             )
             assert broken == [], (name, broken)
-            page.screenshot(path=str(shots / f"{Path(name).stem}.png"), full_page=False)
+            shot = name.replace("/", "-").removesuffix(".html")
+            page.screenshot(path=str(shots / f"{shot}.png"), full_page=False)
             links = page.evaluate("Array.from(document.links).map(a => a.href)")
             assert links, name
             for link in links:
@@ -154,9 +164,9 @@ def test_a_browser_finds_every_image_and_link_working(atlas):
                 response.goto(link)
                 assert response.title(), link
                 response.close()
-        page.goto((atlas / "image-0.html").as_uri())
+        page.goto((atlas / "images" / "0.html").as_uri())
         assert HOSTILE in page.inner_text("h1")  # shown as text, never run
-        page.goto((atlas / "layer-features.13.html").as_uri())
+        page.goto((atlas / "layers" / "features.13.html").as_uri())
         page.fill("#filter", "12")
         visible = page.evaluate(
             "Array.from(document.querySelectorAll('.tile')).filter(t => t.style.display !== 'none').length"
@@ -180,9 +190,7 @@ def test_a_small_unlabelled_dataset_gets_notes_instead_of_broken_sections(tmp_pa
     index = write_atlas(loaded, data, tmp_path, config, progress=False).read_text()
     assert "t-SNE needs more than 90 images; the data has 3" in index
     assert "invariance needs labelled images" in index
-    for page in tmp_path.glob("*.html"):
-        for link in local_links(page):
-            assert (tmp_path / link).is_file(), (page.name, link)
+    assert assert_links_resolve(tmp_path) > 3
 
 
 def test_a_photo_model_gets_jpeg_figures_and_each_source_image_once(tmp_path):
@@ -208,10 +216,8 @@ def test_a_photo_model_gets_jpeg_figures_and_each_source_image_once(tmp_path):
         "3.jpg",
     ]  # 64 units x 4 top images, written once each
     assert not list(tmp_path.rglob("*-sources.*"))
-    for page in tmp_path.glob("*.html"):
-        for link in local_links(page):
-            assert (tmp_path / link).is_file(), (page.name, link)
-    assert "img/data/2.jpg" in (tmp_path / "unit-features.1-0003.html").read_text()
+    assert assert_links_resolve(tmp_path) > 64
+    assert "../../img/data/2.jpg" in (tmp_path / "units" / "features.1" / "0003.html").read_text()
 
 
 @pytest.mark.slow

@@ -71,7 +71,7 @@ def test_demo_writes_the_atlas_and_resume_reuses_its_stages(cache, tmp_path, cap
     skip = ["--skip", "synthesis,evolution,embedding,invariance", "--images", "2"]
     assert main(["demo", *skip, "--out", str(tmp_path / "demo")]) == 0
     page = (tmp_path / "demo" / "index.html").read_text()
-    assert 'href="layer-features.13.html"' in page and "Ankle boot" in page
+    assert 'href="layers/features.13.html"' in page and "Ankle boot" in page
     assert 'Not built (stage "synthesis" skipped)' in page
     unit = tmp_path / "demo" / "img" / "units" / "features.13" / "0005-top9.png"
     first = unit.stat().st_mtime_ns

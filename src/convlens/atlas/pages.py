@@ -29,13 +29,21 @@ def write_pages(job: Job) -> None:
         image_page(job, page, done)
     if done["trust"]:
         write_page(
-            job.site.out / "trust.html", "trust.html.j2", **_common(job), trust=done["trust"]
+            job.site.out / "trust.html",
+            "trust.html.j2",
+            **_common(job, "trust.html"),
+            trust=done["trust"],
         )
     index_page(job, done)
 
 
-def _common(job: Job) -> dict:
-    return {"model": job.loaded.spec, "data": job.config.data_description}
+def _common(job: Job, page: str) -> dict:
+    """What every page shows, and `root`: the way back to the top that its links start with."""
+    return {
+        "model": job.loaded.spec,
+        "data": job.config.data_description,
+        "root": job.site.root(page),
+    }
 
 
 def _dead(done: dict, layer: str) -> set[int]:
@@ -55,10 +63,11 @@ def layer_page(job: Job, layer: str, top: TopK, done: dict) -> None:
         }
         for c in range(top.values.shape[0])
     ]
+    page = job.site.layer_page(layer)
     write_page(
-        job.site.out / job.site.layer_page(layer),
+        job.site.out / page,
         "layer.html.j2",
-        **_common(job),
+        **_common(job, page),
         layer=layer,
         channels=channels,
         first=layer == (done["summary"] or {}).get("first_conv"),
@@ -72,10 +81,11 @@ def unit_page(job: Job, layer: str, c: int, top: TopK, done: dict) -> None:
     """Fig. 2, the source images, the activation table, the synthesised image, the evolution
     strip, the filter."""
     count, site = top.values.shape[0], job.site
+    page = site.unit_page(layer, c)
     write_page(
-        job.site.out / job.site.unit_page(layer, c),
+        job.site.out / page,
         "unit.html.j2",
-        **_common(job),
+        **_common(job, page),
         layer=layer,
         layer_page=job.site.layer_page(layer),
         c=c,
@@ -106,10 +116,11 @@ def image_page(job: Job, page: dict, done: dict) -> None:
     """Prediction, attributions (with the sanity check's verdict on each method), maps and
     projections per layer, occlusion."""
     verdicts = {row["map"]: row["passes"] for row in (done["trust"] or {}).get("table", [])}
+    name = job.site.image_page(page["index"])
     write_page(
-        job.site.out / job.site.image_page(page["index"]),
+        job.site.out / name,
         "image.html.j2",
-        **_common(job),
+        **_common(job, name),
         page=page,
         verdicts=verdicts,
     )
@@ -121,7 +132,7 @@ def index_page(job: Job, done: dict) -> None:
     write_page(
         job.site.out / "index.html",
         "index.html.j2",
-        **_common(job),
+        **_common(job, "index.html"),
         summary=done["summary"] or {},
         layers=layers if done["units"] is not None else [],
         images=(done["images"] or {}).get("pages", []),

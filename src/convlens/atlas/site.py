@@ -85,15 +85,22 @@ class Site:
 
     @staticmethod
     def layer_page(layer: str) -> str:
-        return f"layer-{safe_name(layer)}.html"
+        """`layers/<layer>.html`: pages are named from the atlas's top, like every link."""
+        return f"layers/{safe_name(layer)}.html"
 
     @staticmethod
     def unit_page(layer: str, channel: int) -> str:
-        return f"unit-{safe_name(layer)}-{channel:04d}.html"
+        return f"units/{safe_name(layer)}/{channel:04d}.html"
 
     @staticmethod
     def image_page(index: int) -> str:
-        return f"image-{index}.html"
+        return f"images/{index}.html"
+
+    @staticmethod
+    def root(page: str) -> str:
+        """The way from `page` back to the atlas's top ("", "../", "../../"), which every link
+        on it starts with."""
+        return "../" * page.count("/")
 
     def marker(self, stage: str) -> dict | None:
         """What a finished stage recorded, or None when it has not finished."""
