@@ -103,29 +103,16 @@ def cache(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def trained_default(tmp_path_factory):
-    """The built-in default exactly as `convlens demo` uses it: the default recipe (8 epochs,
-    about 8 minutes on 2 cores), trained once per machine into the user cache where load_model
-    finds it, and reused after. A cache holding a model of another recipe is left alone (the
-    default is then trained into a temporary folder). Returns (LoadedModel, checkpoint folder)."""
-    import json
-    from dataclasses import asdict
-
-    from convlens._paths import default_model_dir
+def trained_default():
+    """The built-in default exactly as `convlens demo` uses it: today's recipe (about 5 minutes
+    on 2 cores), trained once per machine into the user cache where load_model finds it, and
+    reused after; a cached model of another recipe is moved aside (`ensure_trained`). Returns
+    (LoadedModel, checkpoint folder)."""
     from convlens.data.fashion_mnist import DEBIAN_DIR
     from convlens.models.loading import load_model
-    from convlens.training import TrainConfig, train
+    from convlens.training import ensure_trained
 
     if not DEBIAN_DIR.exists():
         pytest.skip("needs Debian's dataset-fashion-mnist")
-    recipe = json.loads(json.dumps(asdict(TrainConfig())))
-    folder = default_model_dir("zfnet-fashion")
-    meta = folder / "final.json"
-    cached = json.loads(meta.read_text()).get("config", {}) if meta.exists() else None
-    # a field added to TrainConfig later, absent from an older model's metadata, counts as its
-    # default (the recipe that model was trained with)
-    if cached is not None and {**recipe, **cached} != recipe:
-        folder = tmp_path_factory.mktemp("trained")
-    if not (folder / "final.json").exists():
-        train(TrainConfig(), folder, progress=False)
-    return load_model("zfnet-fashion", str(folder / "final.safetensors")), folder
+    path = ensure_trained("zfnet-fashion")
+    return load_model("zfnet-fashion", str(path)), path.parent

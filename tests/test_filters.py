@@ -66,6 +66,16 @@ def test_first_layer_filter_grid_normalises_each_filter_on_its_own():
     np.testing.assert_array_equal(tiles[0], tiles[1])
 
 
-def test_deeper_filter_grid_has_a_row_per_filter_and_a_tile_per_input_channel():
-    image = render.filter_grid(torch.randn(5, 7, 3, 3), deeper_tile=3)
-    assert image.shape == (1 + 5 * 4, 1 + 7 * 4, 3)
+def test_deeper_filter_grid_has_a_row_per_filter_of_its_strongest_input_channels():
+    image = render.filter_grid(torch.randn(5, 11, 3, 3), deeper_tile=3)
+    assert image.shape == (1 + 5 * 4, 1 + 8 * 4, 3)  # 8 of the 11 input channels
+    weight = torch.zeros(1, 11, 3, 3)
+    weight[0, 4, 1, 1] = -2.0  # the strongest slice, negative
+    weight[0, 9] = 0.5  # the second, positive
+    tiles = render.strongest_inputs(weight)
+    torch.testing.assert_close(
+        tiles[0, 0],
+        torch.full((3, 3), 0.5).index_put_((torch.tensor(1), torch.tensor(1)), torch.tensor(0.0)),
+    )
+    torch.testing.assert_close(tiles[1, 0], torch.full((3, 3), 0.625))  # 0.5 of 2 above grey
+    torch.testing.assert_close(tiles[2:], torch.full((6, 1, 3, 3), 0.5))  # the zero slices

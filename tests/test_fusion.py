@@ -56,3 +56,24 @@ def test_a_conv_output_used_elsewhere_is_not_folded():
     net = ConvOutputUsedTwice().eval()
     with torch.inference_mode():
         assert fold_batchnorm(net, torch.randn(1, 2, 6, 6)) is net
+
+
+def test_a_network_trained_with_batch_norm_saves_as_its_own_architecture_folded():
+    from convlens.models.fusion import folded_state, with_batch_norm
+    from convlens.models.zoo import BUILTIN_MODELS
+
+    torch.manual_seed(0)
+    plain = BUILTIN_MODELS["zfnet-fashion"].build().eval()
+    trained = with_batch_norm(plain)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in trained.modules()) == 5
+    with torch.no_grad():
+        for norm in (m for m in trained.modules() if isinstance(m, nn.BatchNorm2d)):
+            norm.running_mean.uniform_(-1, 1)
+            norm.running_var.uniform_(0.3, 3)
+            norm.weight.uniform_(0.5, 2)
+            norm.bias.normal_()
+    trained.eval()
+    plain.load_state_dict(folded_state(trained))  # strict: exactly the plain network's keys
+    x = torch.randn(4, 1, 28, 28)
+    torch.testing.assert_close(plain(x), trained(x), atol=1e-5, rtol=1e-5)
+    assert [n for n, _ in plain.named_modules()][:3] == ["", "features", "features.0"]

@@ -76,3 +76,58 @@ def test_a_run_interrupted_after_one_epoch_resumes_to_the_same_weights(tmp_path,
     b = load_file(str(tmp_path / "broken" / "final.safetensors"))
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+
+
+def test_clipping_a_conv_trained_with_batch_norm_clips_the_filter_that_is_saved():
+    from convlens.models.fusion import folded_state, with_batch_norm
+
+    net = with_batch_norm(nn.Sequential(nn.Conv2d(1, 3, 3)))
+    with torch.no_grad():
+        net[0][0].weight.copy_(
+            torch.ones(3, 1, 3, 3) * torch.tensor([0.05, 0.2, 1.0])[:, None, None, None]
+        )
+        net[0][1].running_var.fill_(4.0 - net[0][1].eps)  # gain |gamma| / 2
+        net[0][1].weight.copy_(torch.tensor([1.0, 2.0, -4.0]))
+    clip_feature_scale(net, 0.1)
+    folded = folded_state(net.eval())["0.weight"]
+    torch.testing.assert_close(filter_rms(folded), torch.tensor([0.025, 0.1, 0.1]))
+    torch.testing.assert_close(net[0][0].weight[2], torch.ones(1, 3, 3))  # the conv itself kept
+
+
+def test_augmentation_flips_and_shifts_by_at_most_two_pixels():
+    from convlens.training import _augmented
+
+    image = torch.zeros(1, 1, 8, 8)
+    image[0, 0, 3, 3] = 1.0
+    seen = set()
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(1000):
+        moved = _augmented(image, generator, fill=-1.0)
+        assert moved.shape == image.shape and moved.max() == 1.0
+        seen.add(divmod(int(moved[0, 0].argmax()), 8))
+    # shifted by -2..2 from (3, 3), or from (3, 4) when flipped (column 7 - 3)
+    assert seen == {(y, x) for y in range(1, 6) for x in range(1, 7)}
+
+
+def test_a_cached_model_of_another_recipe_is_moved_aside_and_retrained(cache, monkeypatch):
+    from convlens import training
+    from convlens._paths import default_model_dir
+
+    folder = default_model_dir("zfnet-fashion")
+    folder.mkdir(parents=True)
+    (folder / "final.safetensors").write_bytes(b"old")
+    (folder / "final.json").write_text(json.dumps({"config": {"epochs": 1}}))
+    trained = []
+
+    def fake_train(config, out, **_):
+        trained.append(config)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "final.safetensors").write_bytes(b"new")
+        (out / "final.json").write_text(json.dumps({"config": training.trained_recipe(config)}))
+
+    monkeypatch.setattr(training, "train", fake_train)
+    with pytest.warns(UserWarning, match="another recipe"):
+        path = training.ensure_trained("zfnet-fashion")
+    assert path.read_bytes() == b"new" and trained == [TrainConfig()]
+    assert (folder.parent / "zfnet-fashion-old-1" / "final.safetensors").read_bytes() == b"old"
+    assert training.ensure_trained("zfnet-fashion") == path and len(trained) == 1  # reused now

@@ -131,17 +131,26 @@ def fit(tiles: torch.Tensor, size: int) -> torch.Tensor:
     ).clamp(0, 1)
 
 
-def per_channel_tiles(weight: torch.Tensor) -> torch.Tensor:
-    """Deeper filters (O, I, k, k) as grey tiles (O*I, 1, k, k), one per input channel, each
-    filter's I tiles normalised together so their relative strength shows."""
-    normalised = minmax(weight.detach().float().cpu(), dims=(1, 2, 3))
-    return normalised.reshape(-1, 1, *weight.shape[-2:])
+STRONGEST_INPUTS = 8
+"""Input channels shown per deeper filter."""
 
 
-def filter_grid(weight: torch.Tensor, first_tile: int = 48, deeper_tile: int = 12) -> np.ndarray:
+def strongest_inputs(weight: torch.Tensor, count: int = STRONGEST_INPUTS) -> torch.Tensor:
+    """Deeper filters (O, I, k, k) as (O * count, 1, k, k) grey tiles: each filter's `count`
+    input channels of largest RMS, strongest first, all of one filter stretched together
+    around zero (grey is zero), so its strongest slices and their signs show. Most of a deep
+    filter's I slices are weak: drawn all alike they read as noise."""
+    weight = weight.detach().float().cpu()
+    count = min(count, weight.shape[1])
+    order = weight.pow(2).mean(dim=(2, 3)).argsort(dim=1, descending=True, stable=True)[:, :count]
+    chosen = torch.gather(weight, 1, order[:, :, None, None].expand(-1, -1, *weight.shape[-2:]))
+    return signed_stretch(chosen, dims=(1, 2, 3), quantile=1.0).reshape(-1, 1, *weight.shape[-2:])
+
+
+def filter_grid(weight: torch.Tensor, first_tile: int = 48, deeper_tile: int = 24) -> np.ndarray:
     """Conv filters (O, I, k, k) as a grid image. First-layer filters (I of 1 or 3) are one tile
     each, contrast-normalised on their own, in colour for RGB; deeper filters get one row per
-    filter with a grey tile per input channel.
+    filter: its strongest input channels (`strongest_inputs`).
 
     Example:
         >>> filter_grid(torch.randn(8, 3, 5, 5)).shape
@@ -150,8 +159,9 @@ def filter_grid(weight: torch.Tensor, first_tile: int = 48, deeper_tile: int = 1
     if weight.shape[1] in (1, 3):
         tiles = minmax(weight.detach().float().cpu(), dims=(1, 2, 3))
         return grid(enlarge(tiles, display_scale(weight.shape[-1], first_tile)))
-    tiles = enlarge(per_channel_tiles(weight), display_scale(weight.shape[-1], deeper_tile))
-    return grid(tiles, columns=weight.shape[1])
+    tiles = strongest_inputs(weight)
+    enlarged = enlarge(tiles, display_scale(weight.shape[-1], deeper_tile))
+    return grid(enlarged, columns=min(STRONGEST_INPUTS, weight.shape[1]))
 
 
 def map_grid(maps: torch.Tensor, shared_scale: bool = True, tile: int = 64) -> np.ndarray:

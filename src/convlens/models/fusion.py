@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from convlens.hooks import registered_hooks
 
@@ -122,3 +123,58 @@ def bfloat16_copy(runner: nn.Module, model: nn.Module) -> nn.Module:
         }
     )
     return copy.deepcopy(model, memo=cast)
+
+
+def with_batch_norm(model: nn.Module) -> nn.Module:
+    """A copy of `model` to train with a batch norm after every convolution: each Conv2d becomes
+    Sequential(conv, BatchNorm2d) in its place, so `folded_state` gives back the state of
+    `model`'s own architecture (Zeiler & Fergus's conv / ReLU / pool, which the deconvnet
+    inverts exactly) with each batch norm folded into its conv."""
+    trained = copy.deepcopy(model)
+    for name, module in list(trained.named_modules()):
+        if type(module) is nn.Conv2d:
+            parent, _, child = name.rpartition(".")
+            pair = nn.Sequential(module, nn.BatchNorm2d(module.out_channels))
+            setattr(trained.get_submodule(parent), child, pair)
+    return trained
+
+
+def _pairs(trained: nn.Module) -> dict[str, nn.Sequential]:
+    """The Sequential(conv, batch norm) pairs of a `with_batch_norm` network, by name."""
+    return {
+        name: module
+        for name, module in trained.named_modules()
+        if isinstance(module, nn.Sequential)
+        and len(module) == 2
+        and type(module[0]) is nn.Conv2d
+        and isinstance(module[1], nn.BatchNorm2d)
+    }
+
+
+def conv_batchnorm_modules(trained: nn.Module) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
+    """The (conv, batch norm) modules of a `with_batch_norm` network (none for another)."""
+    return [(pair[0], pair[1]) for pair in _pairs(trained).values()]
+
+
+def folded_state(trained: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict of the architecture `with_batch_norm` started from: every (conv, batch
+    norm) pair of `trained` folded into one conv with the norm's running statistics
+    (`torch.nn.utils.fusion.fuse_conv_bn_weights`), everything else as it is."""
+    pairs = _pairs(trained)
+    state = {
+        key: value.detach()
+        for key, value in trained.state_dict().items()
+        if key.rsplit(".", 2)[0] not in pairs
+    }
+    for name, (conv, norm) in pairs.items():
+        weight, bias = fuse_conv_bn_weights(
+            conv.weight,
+            conv.bias,
+            norm.running_mean,
+            norm.running_var,
+            norm.eps,
+            norm.weight,
+            norm.bias,
+        )
+        state[f"{name}.weight"], state[f"{name}.bias"] = weight.detach(), bias.detach()
+    return state
