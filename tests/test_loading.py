@@ -16,13 +16,16 @@ from convlens.report import write_checkpoint
 
 
 def cache_random_default(name: str = "zfnet-fashion") -> torch.nn.Module:
-    """Put randomly initialised weights where load_model looks for the trained default."""
+    """Put randomly initialised weights where load_model looks for the trained default, as
+    if trained with today's recipe (so that it is used, not retrained)."""
+    from convlens.training import TrainConfig, trained_recipe
+
     torch.manual_seed(0)
     model = BUILTIN_MODELS[name].build()
     write_checkpoint(
         default_model_dir(name) / "final.safetensors",
         model.state_dict(),
-        {"config": {"model": name}},
+        {"config": trained_recipe(TrainConfig(model=name))},
     )
     return model
 
