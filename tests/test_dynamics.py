@@ -158,3 +158,32 @@ def test_evolution_refuses_a_channel_past_the_layer_width_before_scanning(tmp_pa
         cl.ConvlensError, match=r"channel 64 is out of range: layer 'features\.13' has 64"
     ):
         evolution([path, path], data, ["features.13"], channels=[0, 64])
+
+
+def test_a_checkpoint_with_the_scanned_weights_reuses_the_scan(tmp_path, monkeypatch):
+    from torch.utils.data import TensorDataset
+
+    from convlens._io import write_checkpoint
+    from convlens.analysis import evolution as module
+    from convlens.models.zoo import BUILTIN_MODELS
+
+    entry = BUILTIN_MODELS["zfnet-fashion"]
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = entry.build().eval()
+        paths.append(
+            write_checkpoint(tmp_path / f"epoch-{seed + 1:03d}.safetensors", model.state_dict(), {})
+        )
+    data = TensorDataset(torch.randn(40, 1, 28, 28))
+    known = cl.scan(model, data, ["features.13"], k=9)  # model: the last checkpoint's weights
+    scans = []
+    monkeypatch.setattr(module, "scan", lambda *a, **k: scans.append(1) or cl.scan(*a, **k))
+    reused = evolution(paths, data, ["features.13"], [0], known=(model, known))
+    assert len(scans) == 1  # only the first checkpoint was scanned
+    fresh = evolution(paths, data, ["features.13"], [0])
+    assert len(scans) == 3
+    for a, b in zip(reused.results, fresh.results):
+        assert torch.equal(a["features.13"].indices, b["features.13"].indices)
+        torch.testing.assert_close(a["features.13"].values, b["features.13"].values)
+    assert reused.results[1].meta["k"] == 1

@@ -79,3 +79,16 @@ def test_deeper_filter_grid_has_a_row_per_filter_of_its_strongest_input_channels
     )
     torch.testing.assert_close(tiles[1, 0], torch.full((3, 3), 0.625))  # 0.5 of 2 above grey
     torch.testing.assert_close(tiles[2:], torch.full((6, 1, 3, 3), 0.5))  # the zero slices
+
+
+def test_dead_units_give_the_accuracy_of_the_same_pass():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 16, 3))
+    images, labels = torch.randn(41, 1, 6, 6), torch.randint(0, 3, (41,))
+    labels[::5] = -1  # unlabelled items do not count
+    stats = cl.dead_units(model, TensorDataset(images, labels), ["1"], batch_size=8)
+    with torch.no_grad():
+        predicted = model(images).argmax(1)
+    kept = labels >= 0
+    assert stats.accuracy == pytest.approx(float((predicted[kept] == labels[kept]).float().mean()))
+    assert cl.dead_units(model, TensorDataset(images), ["1"]).accuracy is None

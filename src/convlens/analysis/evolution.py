@@ -19,7 +19,7 @@ from convlens.data.select import item
 from convlens.models.layers import ReceptiveField, receptive_field
 from convlens.models.loading import LoadedModel, load_model
 from convlens.render import crop_padded
-from convlens.scan import ScanResult, scan
+from convlens.scan import ScanResult, TopK, scan
 from convlens.targets import Unit
 
 
@@ -64,9 +64,13 @@ def evolution(
     spec: str = "zfnet-fashion",
     batch_size: int = 256,
     progress: bool = False,
+    known: tuple[nn.Module, ScanResult] | None = None,
 ) -> Evolution:
     """Scan `data` once per checkpoint (weights files of the model `spec`) with k=1, recording
     `layers`; `channels` picks the feature maps shown (default: the first 8 of each layer).
+    `known`: a model and its scan of the same `data` and `layers` (any k); a checkpoint with
+    that model's weights takes its top-1 instead of being scanned again (the atlas's final
+    checkpoint is the model it has just scanned).
 
     Example:
         >>> evo = evolution(sorted(folder.glob("epoch-*.safetensors")), test_set, ["features.13"])  # doctest: +SKIP
@@ -87,7 +91,10 @@ def evolution(
             )
     models = [load_model(spec, str(c)).model for c in checkpoints]
     results = [
-        scan(model, data, layers, k=1, batch_size=batch_size, progress=progress) for model in models
+        _top1(known[1], layers)
+        if known is not None and _same_weights(model, known[0])
+        else scan(model, data, layers, k=1, batch_size=batch_size, progress=progress)
+        for model in models
     ]
     evo = Evolution([str(c) for c in checkpoints], results, chosen)
     size = tuple(item(data, 0)[0].shape)
@@ -98,6 +105,26 @@ def evolution(
         if cells:
             projections[layer] = torch.stack(cells)
     return replace(evo, projections=projections)
+
+
+def _same_weights(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two models hold equal state (same names, equal tensors)."""
+    left, right = a.state_dict(), b.state_dict()
+    return left.keys() == right.keys() and all(
+        torch.equal(left[name].cpu(), right[name].cpu()) for name in left
+    )
+
+
+def _top1(result: ScanResult, layers: Sequence[str]) -> ScanResult:
+    """The k=1 scan contained in a scan of any k (its first column: the same image, value and
+    position, ties to the lower index in both)."""
+    return ScanResult(
+        {
+            layer: TopK(top.values[:, :1], top.indices[:, :1], top.positions[:, :1])
+            for layer, top in ((layer, result[layer]) for layer in layers)
+        },
+        {**result.meta, "k": 1},
+    )
 
 
 def loaded_checkpoints(evo: Evolution, spec: str) -> list[LoadedModel]:

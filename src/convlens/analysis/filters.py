@@ -109,7 +109,11 @@ class DeadUnits(Shown):
 
 
 class DeadUnitsByLayer(Shown, dict):
-    """`dead_units`'s result: layer name → DeadUnits, shown in a notebook as a chart."""
+    """`dead_units`'s result: layer name → DeadUnits, shown in a notebook as a chart, and
+    `accuracy`: the model's top-1 accuracy over the labelled items of the same pass (None when
+    nothing is labelled or the model does not return (N, classes) scores)."""
+
+    accuracy: float | None = None
 
 
 def dead_units(
@@ -121,7 +125,8 @@ def dead_units(
     batch_size: int = 128,
     progress: bool = False,
 ) -> DeadUnitsByLayer:
-    """Dead-unit statistics of several layers in one pass over `data`.
+    """Dead-unit statistics of several layers in one pass over `data`, and the model's accuracy
+    from the same forwards (`DeadUnitsByLayer.accuracy`).
 
     A channel is dead when its whole map is zero on more than `threshold` of the images
     (cs231n: "some activation maps may be all zero for many different inputs, which can indicate
@@ -136,11 +141,15 @@ def dead_units(
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
     device = model_device(model)
     zero_counts: dict[str, torch.Tensor] = {}
-    seen = 0
+    seen, correct, counted = 0, 0, 0
     stream = BatchStream(data, batch_size)
     with preserved_state(model), capture(model, layers) as captured, torch.inference_mode():
         for batch in tqdm(stream, desc="dead units", unit="batch", disable=not progress):
-            model(batch.images.to(device))
+            scores = model(batch.images.to(device))
+            labelled = batch.labels >= 0
+            if scores.dim() == 2:
+                hits = scores.argmax(1).cpu()[labelled] == batch.labels[labelled]
+                correct, counted = correct + int(hits.sum()), counted + int(labelled.sum())
             for layer in layers:
                 activation = captured[layer]
                 silent = (
@@ -152,12 +161,14 @@ def dead_units(
             seen += len(batch.images)
     if seen == 0:
         raise ConvlensError("no readable images in the data")
-    return DeadUnitsByLayer(
+    found = DeadUnitsByLayer(
         {
             layer: DeadUnits(layer, counts / seen, counts / seen > threshold, seen, threshold)
             for layer, counts in zero_counts.items()
         }
     )
+    found.accuracy = correct / counted if counted else None
+    return found
 
 
 def largest_share(rms: torch.Tensor) -> float:

@@ -3,6 +3,7 @@ those finished with the same settings), then write the pages."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from torch.utils.data import Dataset
@@ -27,9 +28,10 @@ def write_atlas(
 ) -> Path:
     """Build the atlas in `out` and return its index page.
 
-    Work happens in named stages; each finished stage leaves a marker in `.stages/`, so
-    `resume=True` skips it when it was built with the same model, data, layers and images (files
-    are written atomically, so an interrupted stage is simply redone). Pages are written last,
+    Work happens in named stages; each finished stage leaves a marker in `.stages/` (what the
+    pages need, and the stage's seconds), so `resume=True` skips it when it was built with the
+    same model, data, layers and images (files are written atomically, so an interrupted stage
+    is simply redone). Pages are written last,
     from what the stages left; a section whose stage did not run shows a note. Under torchrun
     every rank takes its share of each stage's work and rank 0 writes the pages.
 
@@ -49,9 +51,11 @@ def write_atlas(
         bar.set_postfix(stage=name)
         finished = site.marker(name)
         if not (resume and finished and finished.get("settings") == job.settings(name)):
+            started = time.perf_counter()
             record = merge_records(name, gather_objects(STAGES[name](job)))
+            seconds = round(time.perf_counter() - started, 2)
             if rank == 0:
-                site.mark(name, {**record, "settings": job.settings(name)})
+                site.mark(name, {**record, "settings": job.settings(name), "seconds": seconds})
         barrier()  # the next stage reads what every rank wrote
     if rank == 0:
         write_pages(job)

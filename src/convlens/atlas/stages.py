@@ -13,7 +13,6 @@ from torch.utils.data import Subset
 from convlens import render
 from convlens._io import safe_name
 from convlens._progress import tqdm
-from convlens.analysis.evaluate import accuracy
 from convlens.analysis.evolution import (
     checkpoint_label,
     evolution,
@@ -109,7 +108,7 @@ def summary(job: Job) -> dict:
             write_png(job.site.unit_image(convs[0], c, "filter"), render.picture(tile, 48))
     return {
         "rows": layer_table(trace_layers(model, job.loaded.input_size), stats),
-        "accuracy": accuracy(model, job.data) if is_labelled(job.data) else None,
+        "accuracy": stats.accuracy,  # from the dead-unit pass: one pass over the data, not two
         "filters": {layer: path.name for layer, path in zip(shown, written)},
         "first_conv": convs[0] if convs else None,
         "dead": {
@@ -216,7 +215,8 @@ def evolution_stage(job: Job) -> dict:
     checkpoints = job.config.checkpoints
     if len(checkpoints) < 2:
         return {"note": "no training checkpoints were given (--checkpoints)"}
-    evo = evolution(checkpoints, job.data, job.layers, [], spec=job.loaded.spec)  # every map below
+    final = (job.loaded.model, scan_result(job))  # the last checkpoint is usually this model
+    evo = evolution(checkpoints, job.data, job.layers, [], spec=job.loaded.spec, known=final)
     models = [loaded.model for loaded in loaded_checkpoints(evo, job.loaded.spec)]
     fields = {
         layer: receptive_field(models[0], layer, job.loaded.input_size) for layer in job.layers
