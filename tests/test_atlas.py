@@ -256,3 +256,13 @@ def test_two_gloo_processes_under_torchrun_write_the_one_process_atlas(tmp_path)
                 np.testing.assert_allclose(x[key], y[key], atol=1e-6, err_msg=f"{name} {key}")
     first, second = load_file(one / "scan.safetensors"), load_file(two / "scan.safetensors")
     assert all(torch.equal(first[key], second[key]) for key in first)
+
+
+def test_each_layer_page_shows_the_filters_of_its_conv(atlas):
+    page = (atlas / "layers" / "features.13.html").read_text()
+    assert 'src="../img/filters-features.12.png"' in page and "8 strongest input channels" in page
+    first = (atlas / "layers" / "features.1.html").read_text()
+    assert 'src="../img/filters-features.0.png"' in first and "One tile per filter" in first
+    assert 'src="../img/units/features.1/0003-filter.png"' in first  # each unit's own filter
+    unit = (atlas / "units" / "features.1" / "0003.html").read_text()
+    assert 'src="../../img/units/features.1/0003-filter.png"' in unit

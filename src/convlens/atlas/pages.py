@@ -70,7 +70,8 @@ def layer_page(job: Job, layer: str, top: TopK, done: dict) -> None:
         **_common(job, page),
         layer=layer,
         channels=channels,
-        first=layer == (done["summary"] or {}).get("first_conv"),
+        first=layer == (done["summary"] or {}).get("first_layer"),
+        filters=((done["summary"] or {}).get("layer_filters") or {}).get(layer),
     )
 
 

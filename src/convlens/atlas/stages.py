@@ -28,7 +28,7 @@ from convlens.data.select import is_labelled, item, one_per_class, take
 from convlens.distributed import gather_shards
 from convlens.embedding import embed, nearest_neighbours
 from convlens.hooks import model_device
-from convlens.models.layers import conv_layers, receptive_field, trace_layers
+from convlens.models.layers import conv_layers, receptive_field, rectified_output, trace_layers
 from convlens.occlusion import default_geometry, occlusion
 from convlens.report import figures, write_image, write_png, write_pngs
 from convlens.report.results import (
@@ -102,15 +102,22 @@ def summary(job: Job) -> dict:
         layer: w for layer, w in weights.items() if w.shape[0] * w.shape[1] <= MAX_FILTER_TILES
     }
     written = write_pngs(job.site.img, figures.filter_figures(shown))
-    if convs and weights[convs[0]].shape[1] in (1, 3):
+    first = rectified_output(model, convs[0]) if convs else None  # its units get filter tiles
+    if first not in job.layers or weights[convs[0]].shape[1] not in (1, 3):
+        first = None
+    else:
         tiles = render.minmax(weights[convs[0]].float().cpu(), dims=(1, 2, 3))
         for c, tile in enumerate(tiles):
-            write_png(job.site.unit_image(convs[0], c, "filter"), render.picture(tile, 48))
+            write_png(job.site.unit_image(first, c, "filter"), render.picture(tile, 48))
     return {
         "rows": layer_table(trace_layers(model, job.loaded.input_size), stats),
         "accuracy": stats.accuracy,  # from the dead-unit pass: one pass over the data, not two
         "filters": {layer: path.name for layer, path in zip(shown, written)},
-        "first_conv": convs[0] if convs else None,
+        "layer_filters": {  # the layer page of each conv's rectified output shows its filters
+            rectified_output(model, conv): {"conv": conv, "file": path.name}
+            for conv, path in zip(shown, written)
+        },
+        "first_layer": first,
         "dead": {
             layer: [i for i, d in enumerate(s.dead.tolist()) if d] for layer, s in stats.items()
         },
