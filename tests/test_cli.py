@@ -293,3 +293,24 @@ def test_trust_writes_the_table_figures_and_numbers_of_the_library(cache, tmp_pa
     assert (out / "trust.csv").read_text().startswith("map,randomisation,baseline,passes")
     for figure in ("randomisation", "similarity", "faithfulness"):
         assert np.asarray(Image.open(out / f"{figure}.png")).std() > 10, figure
+
+
+def test_attribute_channels_prints_and_draws_the_maps_behind_the_decision(cache, tmp_path, capsys):
+    import convlens as cl
+    from convlens.data import open_image
+
+    model = cache_random_default()
+    out = tmp_path / "channels"
+    command = ["attribute", "--method", "channels", "--image", "sample:coffee", "--target", "3"]
+    assert main([*command, "--layer", "features.9", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    loaded = cl.load_model("zfnet-fashion")
+    image = loaded.transform(open_image("sample:coffee"))[None]
+    expected = cl.channel_attribution(model.eval(), image, 3, "features.9")[0]
+    strongest = int(expected.as_subclass(torch.Tensor).abs().argmax())
+    assert f"map {strongest:4d}" in printed.splitlines()[1]  # the strongest first, with its sign
+    saved = np.load(out / "channels.npz")["scores"][0]
+    np.testing.assert_allclose(saved, expected.numpy(), rtol=1e-5, atol=1e-6)
+    assert (out / "channels.png").is_file()
+    assert main([*command, "--smooth", "4", "--out", str(tmp_path / "refused")]) == 2
+    assert "not a map" in capsys.readouterr().err and not (tmp_path / "refused").exists()

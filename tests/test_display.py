@@ -50,6 +50,7 @@ def results(made) -> dict[type, tuple[object, list[str]]]:
     xy = np.random.default_rng(0).normal(size=(9, 2))  # t-SNE needs more points than this
     made_results = [
         (cl.grad_cam(model, x, 0), ["my-net", "gradcam"]),
+        (cl.channel_attribution(model, x, 0), ["my-net", layers[-1], "channels"]),
         (cl.occlusion(model, x[:2], window=7, stride=7, layer=layers[-1]), ["my-net", "occlusion"]),
         (cl.top_examples(model, data, found, layers[-1], 2), [layers[-1], "channel 2"]),
         (cl.synthesize(loaded, class_score([1, 2]), n=2, steps=2), ["class [1, 2]"]),

@@ -65,6 +65,7 @@ def cases(made) -> dict:
             [cl.grad_cam(model, images[:1], 3), cl.integrated_gradients(model, images[:1], 3)],
         ),
         "save_occlusion": (maps[0],),
+        "save_channels": (cl.channel_attribution(model, images[:2], [3, 1]),),
         "save_synthesis": (cl.synthesize(loaded, class_score([1, 2]), n=2, steps=2),),
         "save_inversion": (cl.invert(loaded, layers[1], image[None], steps=2),),
         "save_fooling": (cl.fooling_image(model, image, 3, max_steps=2),),

@@ -30,6 +30,8 @@ from convlens.analysis.invariance import Invariance, invariance
 from convlens.atlas import AtlasConfig, write_atlas
 from convlens.attribution import (
     AttributionMap,
+    ChannelScores,
+    channel_attribution,
     deconvnet,
     grad_cam,
     grad_cam_plus_plus,
@@ -74,6 +76,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AtlasConfig",
     "AttributionMap",
+    "ChannelScores",
     "ConvlensError",
     "Correspondence",
     "DeadUnits",
@@ -93,6 +96,7 @@ __all__ = [
     "Unit",
     "__version__",
     "capture",
+    "channel_attribution",
     "codes",
     "conv_layers",
     "correspondence",

@@ -83,3 +83,26 @@ def _with_legend(chart: np.ndarray, names: Sequence[str], width: int = 120) -> n
         draw.rectangle([4, 20 + row * 14, 14, 30 + row * 14], fill=colour)
         draw.text((18, 18 + row * 14), name[:16], fill="black", font=ImageFont.load_default())
     return np.concatenate([chart, np.asarray(legend)], axis=1)
+
+
+def signed_bars(values: Sequence[float], names: Sequence[str], width: int = 320) -> np.ndarray:
+    """One horizontal bar per value from a zero line, labelled with its name and value: positive
+    bars blue to the right, negative orange to the left (the top channels of a decision)."""
+    values = np.asarray(values, dtype=np.float64)
+    line, left, right = 14, 64, 56
+    canvas = Image.new("RGB", (width, line * len(values) + 4), "white")
+    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
+    top = float(np.abs(values).max()) if len(values) else 1.0
+    span = (width - left - right) / 2
+    zero = left + span
+    draw.line([zero, 0, zero, canvas.height], fill=(160, 160, 160))
+    for row, (value, name) in enumerate(zip(values, names)):
+        y = 2 + row * line
+        length = span * value / top if top > 0 else 0.0
+        colour = tuple(int(c) for c in CLASS_COLOURS[0 if value >= 0 else 1])
+        draw.rectangle(
+            [min(zero, zero + length), y + 2, max(zero, zero + length), y + 11], fill=colour
+        )
+        draw.text((2, y), name[:10], fill="black", font=font)
+        draw.text((width - right + 4, y), f"{value:+.3g}", fill="black", font=font)
+    return np.asarray(canvas)

@@ -9,7 +9,7 @@ import argparse
 import torch
 
 from convlens._errors import ConvlensError
-from convlens.attribution import CAMS, METHODS, noise_tunnel
+from convlens.attribution import CAMS, METHODS, channel_attribution, noise_tunnel
 from convlens.attribution.integrated import BASELINES
 from convlens.attribution.noise import KINDS
 from convlens.cli._inputs import check_class, load
@@ -28,7 +28,8 @@ from convlens.cli._registry import command
 from convlens.data import open_image
 from convlens.hooks import model_device, resolve_layer
 from convlens.models.loading import LoadedModel
-from convlens.report.results import save_attribution, save_attribution_row
+from convlens.report.figures import TOP_CHANNELS
+from convlens.report.results import save_attribution, save_attribution_row, save_channels
 from convlens.targets import Target
 
 
@@ -48,9 +49,10 @@ def _attribute_arguments(parser: argparse.ArgumentParser) -> None:
     model_options(parser)
     parser.add_argument(
         "--method",
-        type=choices_list(list(METHODS)),
+        type=choices_list([*METHODS, "channels"]),
         default=["deconvnet"],
-        help=f"one method or several, comma-separated, drawn side by side: {', '.join(METHODS)} (default: deconvnet)",
+        help=f"one method or several, comma-separated, drawn side by side: {', '.join(METHODS)}; "
+        "or channels: each feature map's contribution at --layer (default: deconvnet)",
     )
     image_option(parser)
     _target_arguments(parser)
@@ -86,7 +88,7 @@ def _check_options(args: argparse.Namespace) -> None:
     """Refuse options that do not apply to the chosen methods, before anything loads."""
     methods = set(args.method)
     needs = {
-        "--layer": (args.layer, methods & set(CAMS), "the class activation maps"),
+        "--layer": (args.layer, methods & {*CAMS, "channels"}, "the CAMs and channels"),
         "--baseline": (args.baseline, methods & {"ig"}, "ig"),
         "--steps": (args.steps, methods & {"ig"}, "ig"),
         "--sigma": (args.sigma, args.smooth, "--smooth (the noise tunnel)"),
@@ -95,6 +97,11 @@ def _check_options(args: argparse.Namespace) -> None:
     for option, (value, needed, what) in needs.items():
         if value is not None and not needed:
             raise ConvlensError(f"{option} applies to {what} only; add one or drop {option}")
+    if "channels" in methods and (args.smooth or args.shared_scale):
+        raise ConvlensError(
+            "channels gives a score per feature map, not a map: --smooth and --shared-scale "
+            "apply to the other methods"
+        )
     if args.unit is not None and "scorecam" in methods:
         raise ConvlensError(
             "scorecam weighs channels by a class probability: use --target, not --unit"
@@ -164,8 +171,10 @@ def _attribute(args: argparse.Namespace) -> None:
         with torch.no_grad():
             target = int(loaded.model(image[None].to(model_device(loaded.model))).argmax())
         print(f"target: predicted class {target} ({loaded.classes[target]})")
+    if "channels" in args.method:
+        _channels(loaded, image, target, args)
     maps = []
-    for method in args.method:
+    for method in (m for m in args.method if m != "channels"):
         values, extra = _attribute_one(method, loaded, image, target, args)
         maps.append(values)
         save_attribution(loaded, image, method, values[0], args.out, **extra)
@@ -176,3 +185,13 @@ def _attribute(args: argparse.Namespace) -> None:
     print(
         f"wrote {', '.join(args.method)} (PNG and .npz){' and methods.png' if row else ''} to {args.out}"
     )
+
+
+def _channels(loaded: LoadedModel, image: torch.Tensor, target: Target, args) -> None:
+    """Print the feature maps that carried the decision most, with their sign, and draw them."""
+    scores = channel_attribution(loaded.model, image[None], target, args.layer)
+    values = scores.as_subclass(torch.Tensor)[0]
+    print(f"channels: the maps of {scores.layer} that pushed the target up (+) or down (-) most")
+    for k in values.abs().argsort(descending=True)[:TOP_CHANNELS].tolist():
+        print(f"  map {k:4d}  {float(values[k]):+.4f}")
+    save_channels(scores, args.out)

@@ -20,14 +20,14 @@ from convlens.analysis.correspondence import Correspondence
 from convlens.analysis.evolution import Evolution
 from convlens.analysis.filters import DeadUnits, DeadUnitsByLayer, FeatureMaps, Filters
 from convlens.analysis.invariance import Invariance
-from convlens.attribution import AttributionMap
+from convlens.attribution import AttributionMap, ChannelScores
 from convlens.embedding import Embedding, Neighbours
 from convlens.models.card import ModelCard
 from convlens.occlusion import Occlusion
 from convlens.report import figures, trust_figures
+from convlens.report.figures import target_name
 from convlens.scan import TopExamples
 from convlens.synthesis import Fooling, Inversion, Synthesis
-from convlens.targets import Target, Unit, select_targets
 from convlens.topk import ScanResult
 from convlens.trust.assess import Trust
 from convlens.trust.faithfulness import Curve, SoftMask
@@ -45,20 +45,16 @@ def first(count: int) -> tuple[range, str]:
     return range(drawn), f" (first {drawn} of {count})" if count > drawn else ""
 
 
-def target_name(target: Target, card: ModelCard, index: int, count: int) -> str:
-    """What image `index` of `count` was explained for: a class name or a unit."""
-    picked = select_targets(target, count, torch.tensor([index]))
-    if isinstance(picked, (list, tuple)) and picked and isinstance(picked[0], Unit):
-        picked = picked[0]
-    if isinstance(picked, Unit):
-        where = "" if picked.y is None else f" at ({picked.y}, {picked.x})"
-        return f"{picked.layer} unit {picked.channel}{where}"
-    return card.class_name(int(torch.as_tensor(picked).flatten()[0]))
-
-
 @shown.register
 def _attribution(maps: AttributionMap) -> Picture:
     return show(maps)
+
+
+@shown.register
+def _channels(scores: ChannelScores) -> Picture:
+    _, note = first(len(scores))
+    title = f"{scores.origin.card.name}: the channels of {scores.layer} behind each decision{note}"
+    return titled(figures.channel_figure(scores), title)
 
 
 @shown.register

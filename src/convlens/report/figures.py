@@ -9,14 +9,17 @@ import torch
 
 from convlens import charts, render
 from convlens._io import safe_name
+from convlens._shown import MAX_IMAGES
 from convlens.analysis.evolution import Evolution, checkpoint_label
 from convlens.analysis.invariance import Invariance
+from convlens.attribution import ChannelScores
 from convlens.data.select import item
 from convlens.embedding import Embedding, Neighbours
 from convlens.models.card import ModelCard
 from convlens.occlusion import Occlusion
 from convlens.scan import TopExamples
 from convlens.synthesis import Fooling, Inversion, Synthesis
+from convlens.targets import Target, Unit, select_targets
 
 
 def filter_figures(weights: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
@@ -33,6 +36,36 @@ def feature_map_figures(
         for layer, values in maps.items()
         if values.dim() == 3
     }
+
+
+def target_name(target: Target, card: ModelCard, index: int, count: int) -> str:
+    """What image `index` of `count` was explained for: a class name or a unit."""
+    picked = select_targets(target, count, torch.tensor([index]))
+    if isinstance(picked, (list, tuple)) and picked and isinstance(picked[0], Unit):
+        picked = picked[0]
+    if isinstance(picked, Unit):
+        where = "" if picked.y is None else f" at ({picked.y}, {picked.x})"
+        return f"{picked.layer} unit {picked.channel}{where}"
+    return card.class_name(int(torch.as_tensor(picked).flatten()[0]))
+
+
+TOP_CHANNELS = 10
+"""Channels drawn per image for a channel attribution: the largest |contribution| first."""
+
+
+def channel_figure(scores: ChannelScores) -> np.ndarray:
+    """Each image (the first `MAX_IMAGES`) beside the `TOP_CHANNELS` channels with the largest
+    |contribution| to its target, as signed bars, captioned with the target."""
+    made, count = scores.origin, len(scores)
+    values = scores.as_subclass(torch.Tensor).float().cpu()
+    rows = []
+    for i in range(min(count, MAX_IMAGES)):
+        order = values[i].abs().argsort(descending=True)[:TOP_CHANNELS]
+        bars = charts.signed_bars(values[i, order].tolist(), [f"map {int(k)}" for k in order])
+        picture = render.picture(made.card.shown(made.images[i]), 96)
+        row = render.side_by_side([picture, bars])
+        rows.append(render.caption(row, target_name(made.target, made.card, i, count)))
+    return render.stacked(rows)
 
 
 def method_stem(method: str) -> str:

@@ -14,7 +14,7 @@ from convlens._io import safe_name, write_json
 from convlens.analysis.evolution import Evolution
 from convlens.analysis.filters import DeadUnits, FirstLayer, filter_rms
 from convlens.analysis.invariance import Invariance
-from convlens.attribution import AttributionMap
+from convlens.attribution import AttributionMap, ChannelScores
 from convlens.embedding import Embedding, Neighbours
 from convlens.models.layers import LayerInfo
 from convlens.models.loading import LoadedModel
@@ -83,6 +83,13 @@ def save_attribution_row(maps: list[AttributionMap], out: Path, shared_scale: bo
     """Several methods' maps of the same image(s) side by side, as `methods.png`: the picture
     `cl.show(*maps, shared_scale=...)` shows in a notebook."""
     return write_png(out / "methods.png", display.show(*maps, shared_scale=shared_scale).array)
+
+
+def save_channels(scores: ChannelScores, out: Path) -> Path:
+    """A channel attribution (`figures.channel_figure`) as `channels.png`, every score in
+    `channels.npz`."""
+    write_npz(out / "channels.npz", scores=scores.as_subclass(torch.Tensor).cpu().numpy())
+    return write_png(out / "channels.png", figures.channel_figure(scores))
 
 
 def save_occlusion(maps: Occlusion, out: Path) -> Path:
