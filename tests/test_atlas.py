@@ -266,3 +266,16 @@ def test_each_layer_page_shows_the_filters_of_its_conv(atlas):
     assert 'src="../img/units/features.1/0003-filter.png"' in first  # each unit's own filter
     unit = (atlas / "units" / "features.1" / "0003.html").read_text()
     assert 'src="../../img/units/features.1/0003-filter.png"' in unit
+
+
+def test_image_pages_link_the_maps_that_carried_the_prediction(atlas):
+    import json
+
+    page = (atlas / "images" / "0.html").read_text()
+    listed = json.loads((atlas / ".stages" / "images.json").read_text())["pages"][0]["channels"]
+    assert len(listed) == 6 and "Which feature maps carried it" in page
+    values = [abs(unit["value"]) for unit in listed]
+    assert values == sorted(values, reverse=True)  # strongest first
+    first = listed[0]["c"]
+    assert f'href="../units/features.13/{first:04d}.html"' in page
+    assert f'src="../img/units/features.13/{first:04d}-synthesis.png"' in page

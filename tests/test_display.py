@@ -256,3 +256,14 @@ def test_chunked_unit_images_are_labelled_with_their_maps(made):
     assert found.labels == ("map 0", "map 1", "map 2")
     with pytest.raises(cl.ConvlensError, match="2 classes for 3 images"):
         cl.synthesize(loaded, class_score([1, 2]), n=3, steps=1)
+
+
+def test_a_long_panel_title_wraps_and_the_row_stays_aligned():
+    from convlens import render
+
+    tile = np.zeros((40, 60, 3), np.uint8)
+    row = render.panel_row([("a", tile), ("a title far too long for sixty pixels", tile)])
+    one_line = render.caption(tile, "a")
+    assert row.shape[0] > one_line.shape[0]  # the long title took more than one line
+    for column in (30, 60 + 8 + 30):  # each image's bottom row is the row's last: aligned
+        assert row[-1, column, 0] == 0 and row[-40, column, 0] == 0 and row[-41, column, 0] == 255

@@ -180,14 +180,14 @@ def map_grid(maps: torch.Tensor, shared_scale: bool = True, tile: int = 64) -> n
     return grid(enlarge(tiles.unsqueeze(1), display_scale(maps.shape[-1], tile)))
 
 
-def caption(image: np.ndarray, text: str, height: int = 14) -> np.ndarray:
+def caption(image: np.ndarray, text: str, height: int = 14, lines: int = 1) -> np.ndarray:
     """The image with a white strip of black text above it, wrapped to more lines (`height`
-    pixels each) when the text is wider than the image."""
+    pixels each) when the text is wider than the image; the strip is at least `lines` high."""
     font = ImageFont.load_default()
-    lines = _wrapped(text, image.shape[1] - 4, font)
-    strip = Image.new("RGB", (image.shape[1], height * len(lines)), "white")
+    wrapped = _wrapped(text, image.shape[1] - 4, font)
+    strip = Image.new("RGB", (image.shape[1], height * max(lines, len(wrapped))), "white")
     draw = ImageDraw.Draw(strip)
-    for row, line in enumerate(lines):
+    for row, line in enumerate(wrapped):
         draw.text((2, 1 + row * height), line, fill="black", font=font)
     return np.concatenate([np.asarray(strip), image], axis=0)
 
@@ -355,8 +355,11 @@ def occluder_grid(
 
 
 def panel_row(panels: list[tuple[str, np.ndarray]]) -> np.ndarray:
-    """Captioned panels left to right: a figure row such as Fig. 7's (a)-(e)."""
-    return side_by_side([caption(image, title) for title, image in panels])
+    """Captioned panels left to right, their images aligned (every caption as tall as the
+    longest): a figure row such as Fig. 7's (a)-(e)."""
+    font = ImageFont.load_default()
+    lines = max(len(_wrapped(title, image.shape[1] - 4, font)) for title, image in panels)
+    return side_by_side([caption(image, title, lines=lines) for title, image in panels])
 
 
 def labelled_tiles(

@@ -118,12 +118,28 @@ def image_page(job: Job, page: dict, done: dict) -> None:
     projections per layer, occlusion."""
     verdicts = {row["map"]: row["passes"] for row in (done["trust"] or {}).get("table", [])}
     name = job.site.image_page(page["index"])
+    layer, site = job.layers[-1], job.site
+    channels = [
+        {
+            **unit,
+            "page": site.unit_page(layer, unit["c"]) if done["units"] else None,
+            "thumb": site.relative(site.unit_image(layer, unit["c"], "thumb"))
+            if done["units"]
+            else None,
+            "synthesis": site.relative(site.unit_image(layer, unit["c"], "synthesis"))
+            if done["synthesis"]
+            else None,
+        }
+        for unit in page.get("channels", [])
+    ]
     write_page(
         job.site.out / name,
         "image.html.j2",
         **_common(job, name),
         page=page,
         verdicts=verdicts,
+        channels=channels,
+        channel_layer=layer,
     )
 
 

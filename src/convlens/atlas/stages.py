@@ -23,7 +23,7 @@ from convlens.analysis.filters import conv_weight, dead_units, layer_maps
 from convlens.analysis.invariance import invariance
 from convlens.atlas import unit_images
 from convlens.atlas.site import Job
-from convlens.attribution import METHODS, deconvnet
+from convlens.attribution import METHODS, channel_attribution, deconvnet
 from convlens.data.select import is_labelled, item, one_per_class, take
 from convlens.distributed import gather_shards
 from convlens.embedding import embed, nearest_neighbours
@@ -237,6 +237,10 @@ def evolution_stage(job: Job) -> dict:
     return {"labels": [checkpoint_label(c) for c in checkpoints]}
 
 
+PAGE_CHANNELS = 6
+"""Feature maps of the last layer listed on an image page: those that carried its prediction
+most (`channel_attribution`), each linked to its unit page."""
+
 IMAGE_METHODS = ("saliency", "guided", "gradcam", "guided-gradcam", "ig")
 """The attribution methods of every image page."""
 
@@ -264,7 +268,10 @@ def image_page(job: Job, index: int) -> dict:
     )
     save_occlusion(maps, folder)
     card = job.loaded.card
+    scores = channel_attribution(model, image[None], predicted, job.layers[-1])[0]
+    strongest = scores.abs().argsort(descending=True)[:PAGE_CHANNELS].tolist()
     return {
+        "channels": [{"c": k, "value": round(float(scores[k]), 4)} for k in strongest],
         "index": index,
         "label": card.class_name(label) if label >= 0 else None,
         "top": [
