@@ -218,7 +218,7 @@ def test_attribute_draws_several_methods_side_by_side_and_reports_the_layer_and_
     [
         (
             ["--method", "guided", "--layer", "features.13"],
-            "--layer applies to the class activation maps only",
+            "--layer applies to the class activation maps and channels only",
         ),
         (["--method", "gradcam", "--steps", "9"], "--steps applies to ig only"),
         (["--method", "gradient", "--sigma", "0.2"], "--sigma applies to --smooth"),

@@ -88,7 +88,11 @@ def _check_options(args: argparse.Namespace) -> None:
     """Refuse options that do not apply to the chosen methods, before anything loads."""
     methods = set(args.method)
     needs = {
-        "--layer": (args.layer, methods & {*CAMS, "channels"}, "the CAMs and channels"),
+        "--layer": (
+            args.layer,
+            methods & {*CAMS, "channels"},
+            "the class activation maps and channels",
+        ),
         "--baseline": (args.baseline, methods & {"ig"}, "ig"),
         "--steps": (args.steps, methods & {"ig"}, "ig"),
         "--sigma": (args.sigma, args.smooth, "--smooth (the noise tunnel)"),
