@@ -149,14 +149,14 @@ def train(
     started = time.perf_counter() - result.seconds
     for epoch in range(start_epoch, config.epochs):
         _train_epoch(model, optimizer, config, train_set, epoch, progress)
-        saved.load_state_dict(_deployed_state(model, config))
+        weights = _deployed_state(model, config)  # folded once: evaluated, then saved
+        saved.load_state_dict(weights)
         result.accuracy.append(accuracy(saved, test_set))
         result.seconds = time.perf_counter() - started
-        _save_epoch(out, config, model, optimizer, result, epoch + 1)
+        _save_epoch(out, config, (model, weights), optimizer, result, epoch + 1)
         if on_epoch is not None:
             on_epoch(epoch + 1, result.accuracy[-1])
-    saved.load_state_dict(_deployed_state(model, config))
-    saved.eval()
+    saved.eval()  # a resume file is always of an unfinished run: the loop ran at least once
     return result
 
 
@@ -297,11 +297,12 @@ def _metadata(config: TrainConfig, result: TrainResult, epoch: int) -> dict:
     }
 
 
-def _save_epoch(out: Path, config, model, optimizer, result: TrainResult, epoch: int) -> None:
-    """The saved architecture's weights at a checkpoint epoch (and `final` at the last), and
-    the trained network's state with its momentum in `resume.safetensors`."""
+def _save_epoch(out: Path, config, trained, optimizer, result: TrainResult, epoch: int) -> None:
+    """`trained` (the network trained, the saved architecture's weights): the weights at a
+    checkpoint epoch (and `final` at the last), and the trained network's state with its
+    momentum in `resume.safetensors`."""
+    model, weights = trained
     meta = _metadata(config, result, epoch)
-    weights = _deployed_state(model, config)
     names = ["final"] if epoch == config.epochs else []
     if epoch in config.checkpoint_epochs or epoch == config.epochs:
         names.append(f"epoch-{epoch:03d}")
