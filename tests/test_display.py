@@ -68,6 +68,7 @@ def results(made) -> dict[type, tuple[object, list[str]]]:
         (cl.dead_units(model, data, layers[:2]), ["10 images"]),
         (cl.dead_units(model, data, layers[:1])[layers[0]], ["10 images"]),
         (cl.filters(model, "features.0"), ["features.0", "filters"]),
+        (cl.neuron_groups(model, x[0], layers[-2], groups=3), ["my-net", "3 neuron groups"]),
         (cl.feature_maps(model, x[0], layers[0]), [layers[0], "feature maps"]),
         (cl.randomisation_test(model, x, 0, ["gradient"]), ["randomisation"]),
         (cl.data_randomisation_test(model, twin, x, 0, ["gradient"]), ["data randomisation"]),

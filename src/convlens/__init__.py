@@ -26,6 +26,7 @@ from convlens.analysis import (
 )
 from convlens.analysis.correspondence import Correspondence, correspondence
 from convlens.analysis.evolution import Evolution, evolution
+from convlens.analysis.groups import NeuronGroups, neuron_groups
 from convlens.analysis.invariance import Invariance, invariance
 from convlens.atlas import AtlasConfig, write_atlas
 from convlens.attribution import (
@@ -88,6 +89,7 @@ __all__ = [
     "LayerInfo",
     "LoadedModel",
     "Neighbours",
+    "NeuronGroups",
     "Occlusion",
     "ReceptiveField",
     "ScanResult",
@@ -125,6 +127,7 @@ __all__ = [
     "layer_cam",
     "load_model",
     "nearest_neighbours",
+    "neuron_groups",
     "noise_tunnel",
     "occlusion",
     "randomisation_test",

@@ -19,6 +19,7 @@ from convlens._shown import MAX_IMAGES, Page, Picture, shown
 from convlens.analysis.correspondence import Correspondence
 from convlens.analysis.evolution import Evolution
 from convlens.analysis.filters import DeadUnits, DeadUnitsByLayer, FeatureMaps, Filters
+from convlens.analysis.groups import NeuronGroups
 from convlens.analysis.invariance import Invariance
 from convlens.attribution import AttributionMap, ChannelScores
 from convlens.embedding import Embedding, Neighbours
@@ -55,6 +56,15 @@ def _channels(scores: ChannelScores) -> Picture:
     _, note = first(len(scores))
     title = f"{scores.origin.card.name}: the channels of {scores.layer} behind each decision{note}"
     return titled(figures.channel_figure(scores), title)
+
+
+@shown.register
+def _neuron_groups(found: NeuronGroups) -> Picture:
+    title = (
+        f"{found.card.name}: {len(found.maps)} neuron groups of {found.layer} "
+        f"(reconstruction error {found.error:.2f})"
+    )
+    return titled(figures.neuron_groups_figure(found), title)
 
 
 @shown.register

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from convlens import charts, render
 from convlens._io import safe_name
 from convlens._shown import MAX_IMAGES
 from convlens.analysis.evolution import Evolution, checkpoint_label
+from convlens.analysis.groups import NeuronGroups
 from convlens.analysis.invariance import Invariance
 from convlens.attribution import ChannelScores
 from convlens.data.select import item
@@ -207,6 +209,19 @@ def synthesis_grid(result: Synthesis) -> np.ndarray:
     if len(labels) != len(result.images):
         labels = tuple(str(i) for i in range(len(result.images)))
     return render.labelled_tiles(result.images, list(labels))
+
+
+def neuron_groups_figure(found: NeuronGroups, size: int = 140) -> np.ndarray:
+    """The image, then each group's map laid over it as heat (upsampled bilinearly from the
+    layer's positions), captioned with the group's three strongest channels."""
+    shown = found.card.shown(found.image)
+    panels = [("image", render.picture(shown, size))]
+    for group, (values, direction) in enumerate(zip(found.maps, found.directions)):
+        full = F.interpolate(values[None, None], size=shown.shape[-2:], mode="bilinear")[0, 0]
+        strongest = ", ".join(str(int(k)) for k in direction.argsort(descending=True)[:3])
+        overlay = render.saliency_images(full.clamp_min(0), shown, size)[1]
+        panels.append((f"group {group}: maps {strongest}", overlay))
+    return render.panel_row(panels)
 
 
 def inversion_panels(result: Inversion, image: int = 0) -> list[tuple[str, np.ndarray]]:

@@ -1,0 +1,75 @@
+"""Neuron groups (Olah et al. 2018, "The Building Blocks of Interpretability"): a layer's
+activations on one image factorised into a few groups by non-negative matrix factorisation,
+each group a spatial map (where in the image it fires) and a direction in channel space (which
+feature maps fire together there)."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from convlens._errors import ConvlensError
+from convlens._shown import Shown
+from convlens.analysis.filters import layer_maps
+from convlens.models.card import ModelCard, card_of
+
+
+@dataclass(frozen=True)
+class NeuronGroups(Shown):
+    """`maps` (groups, h, w): each group's strength at each position of `layer`'s map;
+    `directions` (groups, K): each group's weight on each channel; `image` (C, H, W, input
+    space) and the model's `card`, for the picture; `error`: the factorisation's relative
+    reconstruction error ||A - maps x directions|| / ||A||."""
+
+    layer: str
+    maps: torch.Tensor
+    directions: torch.Tensor
+    error: float
+    image: torch.Tensor
+    card: ModelCard
+
+
+def neuron_groups(
+    model: nn.Module, image: torch.Tensor, layer: str, groups: int = 6, *, seed: int = 0
+) -> NeuronGroups:
+    """Factorise the output (K, h, w) of `layer` for one image (C, H, W) into `groups` groups
+    with scikit-learn's NMF (NNDSVD initialisation, fixed seed): the h*w positions by K
+    channels matrix A ~ W H, W >= 0 the groups' spatial maps, H >= 0 their channel directions.
+    Negative activations (a layer before its ReLU) are clipped to 0 first. NMF's convergence
+    warnings are silenced: the result's `error` says how well the groups explain the layer.
+
+    Example:
+        >>> found = neuron_groups(model, image, "features.13", groups=4)  # doctest: +SKIP
+        >>> found.directions[0].topk(3).indices  # the maps that make up group 0
+    """
+    from sklearn.decomposition import NMF
+    from sklearn.exceptions import ConvergenceWarning
+
+    if not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"groups must be an integer >= 1, got {groups!r}")
+    acts = layer_maps(model, image, [layer])[layer].detach().float().cpu()
+    if acts.dim() != 3:
+        raise ConvlensError(f"layer {layer!r} has no spatial map (output {tuple(acts.shape)})")
+    channels, height, width = acts.shape
+    if groups > min(channels, height * width):
+        raise ValueError(
+            f"groups must be at most {min(channels, height * width)} for {layer!r} "
+            f"({channels} channels, {height}x{width} positions), got {groups}"
+        )
+    matrix = acts.clamp_min(0).reshape(channels, -1).T.numpy().astype(np.float64)
+    if not matrix.any():
+        raise ConvlensError(f"{layer!r} is zero everywhere on this image: nothing to group")
+    nmf = NMF(n_components=groups, init="nndsvd", random_state=seed, max_iter=1000)
+    with warnings.catch_warnings():  # the result's `error` says how well it fits
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        spatial = nmf.fit_transform(matrix)
+    error = float(np.linalg.norm(matrix - spatial @ nmf.components_) / np.linalg.norm(matrix))
+    maps = torch.from_numpy(spatial.T.reshape(groups, height, width)).float()
+    return NeuronGroups(
+        layer, maps, torch.from_numpy(nmf.components_).float(), error, image.detach().cpu(),
+        card_of(model),
+    )  # fmt: skip
