@@ -76,7 +76,8 @@ def evolution(
         >>> evo = evolution(sorted(folder.glob("epoch-*.safetensors")), test_set, ["features.13"])  # doctest: +SKIP
         >>> evo.strongest("features.13", 3)  # (value, image, position) at each epoch
     """
-    first = load_model(spec, str(checkpoints[0])).model
+    models = [load_model(spec, str(c)).model for c in checkpoints]
+    first = models[0]
     widths = {
         layer: len(maps) for layer, maps in layer_maps(first, item(data, 0)[0], layers).items()
     }
@@ -89,7 +90,6 @@ def evolution(
             raise ConvlensError(
                 f"channel {max(shown)} is out of range: layer {layer!r} has {widths[layer]} channels"
             )
-    models = [load_model(spec, str(c)).model for c in checkpoints]
     results = [
         _top1(known[1], layers)
         if known is not None and _same_weights(model, known[0])
