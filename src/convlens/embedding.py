@@ -19,7 +19,7 @@ from convlens._shown import Shown
 from convlens.data import BatchStream
 from convlens.data.select import labels
 from convlens.hooks import model_device, preserved_state, registered_hooks, resolve_layer
-from convlens.models.card import ModelCard, card_of
+from convlens.models.card import UNKNOWN, ModelCard, card_of
 
 
 class _Stop(Exception):
@@ -170,7 +170,7 @@ class Embedding(Shown):
     layout: np.ndarray
     labels: np.ndarray
     data: Dataset | None = None
-    card: ModelCard | None = None
+    card: ModelCard = UNKNOWN
 
 
 def embed(model: nn.Module, data: Dataset, count: int, *, progress: bool = False) -> Embedding:
@@ -214,7 +214,7 @@ class Neighbours(Shown):
     pixel_distances: torch.Tensor
     queries: Dataset | None = None
     gallery: Dataset | None = None
-    card: ModelCard | None = None
+    card: ModelCard = UNKNOWN
 
 
 def nearest_neighbours(

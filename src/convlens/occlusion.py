@@ -25,7 +25,7 @@ from convlens._shown import Shown
 from convlens.attribution import deconvnet
 from convlens.hooks import capture, model_device, preserved_state, registered_hooks, resolve_layer
 from convlens.incremental import IncrementalForward, Patch, Untraceable
-from convlens.models.card import ModelCard, card_of
+from convlens.models.card import UNKNOWN, ModelCard, card_of
 from convlens.models.fusion import bfloat16_copy, fold_batchnorm, outputs_agree
 from convlens.targets import Unit, class_indices
 
@@ -57,7 +57,7 @@ class Occlusion(Shown):
     layer: str | None = None
     projection: torch.Tensor | None = None
     images: torch.Tensor | None = None
-    card: ModelCard | None = None
+    card: ModelCard = UNKNOWN
 
     def __getitem__(self, i: int) -> Occlusion:
         """The result of image i alone (maps keep a leading axis of 1)."""

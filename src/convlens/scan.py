@@ -26,7 +26,7 @@ from convlens.attribution import deconvnet
 from convlens.data import BatchStream
 from convlens.data.select import take
 from convlens.hooks import capture, model_device, preserved_state, resolve_layer
-from convlens.models.card import ModelCard, card_of
+from convlens.models.card import UNKNOWN, ModelCard, card_of
 from convlens.models.layers import ReceptiveField, default_layers, receptive_field
 from convlens.targets import Unit
 from convlens.topk import ScanResult, TopK, merge_topk
@@ -186,7 +186,7 @@ class TopExamples(Shown):
     indices: list[int]
     layer: str = ""
     channel: int = -1
-    card: ModelCard | None = None
+    card: ModelCard = UNKNOWN
 
 
 def top_examples(

@@ -49,6 +49,9 @@ def class_name(classes: Sequence[str], label: int) -> str:
     return classes[label] if label < len(classes) else str(label)
 
 
+UNKNOWN = ModelCard("model")
+"""The card of a result built by hand, without the model it came from."""
+
 _CARDS: WeakKeyDictionary[nn.Module, ModelCard] = WeakKeyDictionary()
 
 

@@ -23,7 +23,6 @@ from convlens.analysis.groups import NeuronGroups
 from convlens.analysis.invariance import Invariance
 from convlens.attribution import AttributionMap, ChannelScores
 from convlens.embedding import Embedding, Neighbours
-from convlens.models.card import ModelCard
 from convlens.occlusion import Occlusion
 from convlens.report import figures, trust_figures
 from convlens.report.figures import target_name
@@ -71,13 +70,12 @@ def _neuron_groups(found: NeuronGroups) -> Picture:
 def _occlusion(maps: Occlusion) -> Picture:
     drawn, note = first(len(maps.prob))
     rows = [render.panel_row(figures.occlusion_panels(maps[i])) for i in drawn]
-    card = maps.card or ModelCard("model")
-    return titled(render.stacked(rows), f"{card.name}: occlusion, window {maps.window}{note}")
+    return titled(render.stacked(rows), f"{maps.card.name}: occlusion, window {maps.window}{note}")
 
 
 @shown.register
 def _top_examples(examples: TopExamples) -> Picture:
-    name = examples.card.name if examples.card else "model"
+    name = examples.card.name
     title = (
         f"{name}: {examples.layer} channel {examples.channel}, its top {len(examples.indices)} "
         "images (right) and their deconvnet projections (left)"
@@ -108,7 +106,7 @@ def _fooling(fooled: Fooling) -> Picture:
 @shown.register
 def _embedding(found: Embedding) -> Picture:
     pictures = figures.embedding_figures(found)  # the scatter alone when the data is unknown
-    name = found.card.name if found.card else "model"
+    name = found.card.name
     title = f"{name}: t-SNE of the codes of {len(found.indices)} images"
     return titled(render.side_by_side(list(pictures.values())), title)
 
@@ -121,7 +119,7 @@ def _neighbours(found: Neighbours) -> Picture | Page:
             for q, (f, p) in enumerate(zip(found.feature_indices, found.pixel_indices))
         ]
         return Page("nearest neighbours (gallery indices)", table(rows))
-    name = found.card.name if found.card else "model"
+    name = found.card.name
     title = f"{name}: nearest neighbours in feature space and in pixel space"
     return titled(figures.neighbours_figure(found), title)
 

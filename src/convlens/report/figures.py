@@ -135,7 +135,7 @@ def attribution_row(
 def top_examples_figure(examples: TopExamples) -> np.ndarray:
     """Zeiler & Fergus Fig. 2 for one channel (`scan.top_examples`): the projections beside the
     image patches, both cropped to each activation's receptive field."""
-    shown = (examples.card or ModelCard("model")).shown(examples.images)
+    shown = examples.card.shown(examples.images)
     boxes = examples.boxes
     patches = torch.stack([render.crop_padded(i, b, fill=0.5) for i, b in zip(shown, boxes)])
     projected = torch.stack([render.crop_padded(p, b) for p, b in zip(examples.projections, boxes)])
@@ -149,7 +149,7 @@ def occlusion_panels(maps: Occlusion) -> list[tuple[str, np.ndarray]]:
     probability, (e) the most probable class with a legend."""
     worst = divmod(int(maps.prob[0].argmin()), maps.prob.shape[-1])
     corner = (int(maps.ys[worst[0]]), int(maps.xs[worst[1]]))
-    card = maps.card or ModelCard("model")
+    card = maps.card
     panels = []
     if maps.images is not None:
         shown = card.shown(maps.images[0])
@@ -175,7 +175,7 @@ def neighbours_figure(found: Neighbours) -> np.ndarray:
     """Each query (first column) with its nearest gallery images: in feature space (upper row)
     and in pixel space (lower row), as the lecture slides show them."""
     k = found.feature_indices.shape[1]
-    card = found.card or ModelCard("model")
+    card = found.card
     rows = []
     for q in range(len(found.queries)):
         query = card.shown(item(found.queries, q)[0])
@@ -193,7 +193,7 @@ def neighbours_figure(found: Neighbours) -> np.ndarray:
 def embedding_figures(found: Embedding, tile: int = 28) -> dict[str, np.ndarray]:
     """`tsne-mosaic` (each embedded image at its grid cell) and `tsne-scatter` (the points
     coloured by class)."""
-    card = found.card or ModelCard("model")
+    card = found.card
     names = list(card.classes) or [str(c) for c in range(int(found.labels.max()) + 1)]
     scatter = charts.scatter(found.xy, found.labels, names)
     if found.data is None:  # made by hand, without its data: the scatter alone
@@ -239,7 +239,7 @@ def inversion_panels(result: Inversion, image: int = 0) -> list[tuple[str, np.nd
 def fooling_panels(fooled: Fooling) -> list[tuple[str, np.ndarray]]:
     """Original, fooling image and their difference (stretched around zero), with the classes
     predicted for each."""
-    card = fooled.card or ModelCard("model")
+    card = fooled.card
     now = (f"now: {card.class_name(fooled.final_class)}", render.picture(card.shown(fooled.image)))
     if fooled.original is None:
         return [now]

@@ -17,7 +17,7 @@ from torch import nn
 from convlens._errors import ConvlensError
 from convlens._shown import Shown
 from convlens.hooks import model_device, preserved_state
-from convlens.models.card import ModelCard, card_of
+from convlens.models.card import UNKNOWN, ModelCard, card_of
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Fooling(Shown):
     original_class: int
     final_class: int
     original: torch.Tensor | None = None
-    card: ModelCard | None = None
+    card: ModelCard = UNKNOWN
 
 
 def fooling_image(
