@@ -60,7 +60,14 @@ from convlens.models.loading import LoadedModel
 from convlens.occlusion import Occlusion, occlusion
 from convlens.report.display import show
 from convlens.scan import TopExamples, scan, top_examples
-from convlens.synthesis import fgsm, fooling_image, invert, synthesize, synthesize_units
+from convlens.synthesis import (
+    fgsm,
+    fooling_image,
+    invert,
+    synthesize,
+    synthesize_directions,
+    synthesize_units,
+)
 from convlens.targets import Unit
 from convlens.topk import ScanResult, TopK
 from convlens.training import load_model
@@ -139,6 +146,7 @@ __all__ = [
     "soft_mask",
     "synthesis",
     "synthesize",
+    "synthesize_directions",
     "synthesize_units",
     "top_examples",
     "trace_layers",

@@ -16,6 +16,11 @@ from convlens._errors import ConvlensError
 from convlens._shown import Shown
 from convlens.analysis.filters import layer_maps
 from convlens.models.card import ModelCard, card_of
+from convlens.synthesis.units import synthesize_directions
+
+ICON_STEPS = 96
+"""Adam steps of a direction's icon, at `ICON_LR`: as the atlas's unit images."""
+ICON_LR = 0.1
 
 
 @dataclass(frozen=True)
@@ -23,7 +28,8 @@ class NeuronGroups(Shown):
     """`maps` (groups, h, w): each group's strength at each position of `layer`'s map;
     `directions` (groups, K): each group's weight on each channel; `image` (C, H, W, input
     space) and the model's `card`, for the picture; `error`: the factorisation's relative
-    reconstruction error ||A - maps x directions|| / ||A||."""
+    reconstruction error ||A - maps x directions|| / ||A||; `icons` (groups, C, s, s) in [0, 1]
+    the image synthesised for each direction (`synthesize_directions`), None when not asked."""
 
     layer: str
     maps: torch.Tensor
@@ -31,10 +37,18 @@ class NeuronGroups(Shown):
     error: float
     image: torch.Tensor
     card: ModelCard
+    icons: torch.Tensor | None = None
 
 
 def neuron_groups(
-    model: nn.Module, image: torch.Tensor, layer: str, groups: int = 6, *, seed: int = 0
+    model: nn.Module,
+    image: torch.Tensor,
+    layer: str,
+    groups: int = 6,
+    *,
+    seed: int = 0,
+    icons: bool = False,
+    icon_steps: int = ICON_STEPS,
 ) -> NeuronGroups:
     """Factorise the output (K, h, w) of `layer` for one image (C, H, W) into `groups` groups
     with scikit-learn's NMF (NNDSVD initialisation, fixed seed): the h*w positions by K
@@ -69,7 +83,22 @@ def neuron_groups(
         spatial = nmf.fit_transform(matrix)
     error = float(np.linalg.norm(matrix - spatial @ nmf.components_) / np.linalg.norm(matrix))
     maps = torch.from_numpy(spatial.T.reshape(groups, height, width)).float()
-    return NeuronGroups(
-        layer, maps, torch.from_numpy(nmf.components_).float(), error, image.detach().cpu(),
-        card_of(model),
-    )  # fmt: skip
+    directions = torch.from_numpy(nmf.components_).float()
+    drawn = direction_icons(model, layer, directions, icon_steps, seed) if icons else None
+    return NeuronGroups(layer, maps, directions, error, image.detach().cpu(), card_of(model), drawn)
+
+
+def direction_icons(
+    model: nn.Module, layer: str, directions: torch.Tensor, steps: int = ICON_STEPS, seed: int = 0
+) -> torch.Tensor:
+    """(M, C, s, s) in [0, 1]: an image per direction (row of `directions`), optimised together
+    on `layer`'s unit canvas; a direction with no weight (all zero) gets a grey image."""
+    alive = directions.abs().sum(dim=1) > 0
+    if not alive.any():
+        raise ConvlensError(f"every direction for {layer!r} is zero: nothing to synthesise")
+    made, _ = synthesize_directions(
+        model, layer, directions[alive], steps=steps, lr=ICON_LR, seed=seed
+    )
+    icons = torch.full((len(directions), *made.images.shape[1:]), 0.5)
+    icons[alive] = made.images.float().cpu()
+    return icons

@@ -51,12 +51,12 @@ def layer_images(
         )[0]
 
     def run(part: list[int], offset: int) -> Synthesis:
-        objective = channel(layer, part)
+        objective = channel(layer, [units[i] for i in part])
         return synthesize(
             job.loaded, objective, steps=count, n=len(part), offset=offset, progress=bars
         )
 
-    return in_chunks(run, units, batch, channel(layer, units).name)
+    return in_chunks(run, [f"map {c}" for c in units], batch, channel(layer, units).name)
 
 
 def estimate_seconds(job: Job, work: dict[str, int]) -> float:

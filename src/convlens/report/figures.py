@@ -213,14 +213,17 @@ def synthesis_grid(result: Synthesis) -> np.ndarray:
 
 def neuron_groups_figure(found: NeuronGroups, size: int = 140) -> np.ndarray:
     """The image, then each group's map laid over it as heat (upsampled bilinearly from the
-    layer's positions), captioned with the group's three strongest channels."""
+    layer's positions), above the group's synthesised icon when there is one, captioned with
+    the group's three strongest channels."""
     shown = found.card.shown(found.image)
     panels = [("image", render.picture(shown, size))]
     for group, (values, direction) in enumerate(zip(found.maps, found.directions)):
         full = F.interpolate(values[None, None], size=shown.shape[-2:], mode="bilinear")[0, 0]
         strongest = ", ".join(str(int(k)) for k in direction.argsort(descending=True)[:3])
-        overlay = render.saliency_images(full.clamp_min(0), shown, size)[1]
-        panels.append((f"group {group}: maps {strongest}", overlay))
+        panel = render.saliency_images(full.clamp_min(0), shown, size)[1]
+        if found.icons is not None:
+            panel = render.stacked([panel, render.picture(found.icons[group], size)], gap=4)
+        panels.append((f"group {group}: maps {strongest}", panel))
     return render.panel_row(panels)
 
 

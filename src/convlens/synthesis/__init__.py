@@ -15,12 +15,19 @@ from convlens.synthesis.objectives import (
     as_objective,
     channel,
     class_score,
+    direction,
+    direction_neuron,
     diversity,
     neuron,
 )
 from convlens.synthesis.optimize import Synthesis, synthesize, total_variation
 from convlens.synthesis.presets import PRESETS, Preset
-from convlens.synthesis.units import Canvas, synthesize_units, unit_canvas
+from convlens.synthesis.units import (
+    Canvas,
+    synthesize_directions,
+    synthesize_units,
+    unit_canvas,
+)
 
 __all__ = [
     "PRESETS",
@@ -35,6 +42,8 @@ __all__ = [
     "as_objective",
     "channel",
     "class_score",
+    "direction",
+    "direction_neuron",
     "diversity",
     "feature_distance",
     "fgsm",
@@ -43,6 +52,7 @@ __all__ = [
     "iterative_fgsm",
     "neuron",
     "synthesize",
+    "synthesize_directions",
     "synthesize_units",
     "total_variation",
     "unit_canvas",

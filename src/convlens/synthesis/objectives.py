@@ -147,6 +147,75 @@ def neuron(
     return Objective(evaluate, frozenset({layer}), name=f"{layer}:{index}:{y}:{x}")
 
 
+def _directions(output: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    """(N, K) unit directions for a batch: one vector for all images, or one per image."""
+    wanted = torch.as_tensor(vectors, dtype=output.dtype, device=output.device)
+    if wanted.dim() == 1:
+        wanted = wanted.expand(len(output), -1)
+    if wanted.shape != (len(output), output.shape[1]):
+        raise ConvlensError(
+            f"directions of shape {tuple(wanted.shape)} for {len(output)} images of a layer with "
+            f"{output.shape[1]} channels: give ({output.shape[1]},) or ({len(output)}, "
+            f"{output.shape[1]})"
+        )
+    return F.normalize(wanted, dim=1)
+
+
+def _along(values: torch.Tensor, unit: torch.Tensor, cosine_power: float) -> torch.Tensor:
+    """(N, ...) the projection of each position's channel vector (dim 1) on its image's unit
+    direction, times its cosine with the direction (clamped at 0.1) to `cosine_power`."""
+    shape = (len(unit), unit.shape[1]) + (1,) * (values.dim() - 2)
+    dot = (values * unit.view(shape)).sum(dim=1)
+    if not cosine_power:
+        return dot
+    cosine = dot / values.norm(dim=1).clamp_min(1e-8)
+    return dot * cosine.clamp_min(0.1) ** cosine_power
+
+
+def direction(
+    layer: str, vectors: torch.Tensor | Sequence[float], *, cosine_power: float = 0.0
+) -> Objective:
+    """How far the layer's activations point along a direction in channel space, averaged over
+    positions (Olah et al. 2018): `vectors` (K,) for every image or (N, K), one per image (a
+    neuron group's direction, a combination of feature maps). With `cosine_power` p > 0 each
+    position's projection is multiplied by its cosine with the direction to the power p, which
+    favours activations that point the same way over ones that are merely large."""
+    vectors = torch.as_tensor(vectors, dtype=torch.float32)
+
+    def evaluate(acts: dict[str, torch.Tensor], _logits: torch.Tensor | None) -> torch.Tensor:
+        output = acts[layer]
+        along = _along(output, _directions(output, vectors), cosine_power)
+        return along.flatten(1).mean(dim=1) if along.dim() > 1 else along
+
+    return Objective(evaluate, frozenset({layer}), name=f"{layer}:direction")
+
+
+def direction_neuron(
+    layer: str,
+    vectors: torch.Tensor | Sequence[float],
+    y: int | None = None,
+    x: int | None = None,
+    *,
+    cosine_power: float = 0.0,
+) -> Objective:
+    """`direction` at one position (y, x) of the map, by default its centre: what an activation
+    atlas's icon maximises (Carter et al. 2019, with `cosine_power` 1 or more)."""
+    vectors = torch.as_tensor(vectors, dtype=torch.float32)
+
+    def evaluate(acts: dict[str, torch.Tensor], _logits: torch.Tensor | None) -> torch.Tensor:
+        output = acts[layer]
+        if output.dim() != 4:
+            return _along(output, _directions(output, vectors), cosine_power)
+        height, width = output.shape[-2:]
+        row = height // 2 if y is None else y
+        column = width // 2 if x is None else x
+        if not (0 <= row < height and 0 <= column < width):
+            raise ConvlensError(f"position ({row}, {column}) is outside the {height}x{width} map")
+        return _along(output[:, :, row, column], _directions(output, vectors), cosine_power)
+
+    return Objective(evaluate, frozenset({layer}), name=f"{layer}:direction:{y}:{x}")
+
+
 def diversity(layer: str) -> Objective:
     """Minus each image's mean cosine similarity to the other images of the batch, comparing
     their Gram matrices (style) at `layer`: pushes n images of one objective apart

@@ -48,10 +48,12 @@ class Synthesis(Shown):
 def resolve_model(
     model: nn.Module | LoadedModel, preprocess: Preprocess | None = None
 ) -> tuple[nn.Module, Preprocess]:
-    """The module and its preprocessing: a LoadedModel's own; for a bare module `preprocess`,
-    or ImageNet statistics at 224x224 for a 3-channel first convolution, else identity."""
+    """The module and its preprocessing: `preprocess` when given, else a LoadedModel's own (or
+    that of the LoadedModel a bare module came from, by its card); else ImageNet statistics at
+    224x224 for a 3-channel first convolution, else identity."""
     if isinstance(model, LoadedModel):
         return model.model, preprocess or model.transform
+    preprocess = preprocess or card_of(model).transform
     if preprocess is not None:
         return model, preprocess
     first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)

@@ -1,6 +1,7 @@
 """Unit-sized synthesis: for every unit of a layer at once, an image just large enough to hold the
 receptive field of the map's centre position, optimised to excite that one neuron (as Zeiler &
-Fergus show receptive-field patches). On a 224-pixel model a first-layer unit gets a 13-pixel
+Fergus show receptive-field patches), or to point that position's activations along a direction
+in channel space (neuron groups, activation atlas icons). On a 224-pixel model a first-layer unit gets a 13-pixel
 image instead of a 224-pixel one, and the forward stops at the unit's layer."""
 
 from __future__ import annotations
@@ -12,13 +13,12 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from convlens._errors import ConvlensError
 from convlens.hooks import capture, model_device, preserved_state
 from convlens.models.layers import ReceptiveField, receptive_field
 from convlens.models.loading import LoadedModel
-from convlens.models.preprocess import Preprocess
-from convlens.synthesis.objectives import neuron
+from convlens.synthesis.objectives import Objective, direction_neuron, neuron
 from convlens.synthesis.optimize import Synthesis, resolve_model, synthesize
-from convlens.synthesis.presets import Preset
 
 
 @dataclass(frozen=True)
@@ -77,68 +77,112 @@ def synthesize_units(
     layer: str,
     channels: Sequence[int],
     *,
-    preset: str | Preset = "lucid",
-    steps: int | None = None,
-    seed: int = 0,
-    preprocess: Preprocess | None = None,
-    fast: bool = False,
-    progress: bool = False,
     batch_size: int | None = None,
-    **overrides: object,
+    **options: object,
 ) -> tuple[Synthesis, Canvas]:
     """One image per channel of `layer`, optimised together `batch_size` at a time (None: all
     as one batch; the split does not change the images), each maximising the neuron of its
-    channel at the canvas position (`unit_canvas`) on an input of the canvas side.
+    channel at the canvas position (`unit_canvas`) on an input of the canvas side. `options`
+    go to `synthesize` (preset, steps, seed, preprocess, fast, progress, lr, ...).
 
     Example:
         >>> made, canvas = synthesize_units(loaded, "features.4", range(192))  # doctest: +SKIP
         >>> made.images.shape  # 192 images of 51 + padding pixels instead of 224
     """
-    module, prep = resolve_model(model, preprocess)
+    channels = list(channels)
+    return _on_canvas(
+        model,
+        layer,
+        lambda part, canvas: neuron(layer, [channels[i] for i in part], canvas.y, canvas.x),
+        [f"map {c}" for c in channels],
+        batch_size,
+        options,
+    )
+
+
+def synthesize_directions(
+    model: nn.Module | LoadedModel,
+    layer: str,
+    vectors: torch.Tensor,
+    *,
+    cosine_power: float = 1.0,
+    batch_size: int | None = None,
+    labels: Sequence[str] | None = None,
+    **options: object,
+) -> tuple[Synthesis, Canvas]:
+    """One image per direction (row of `vectors`, (M, K) in `layer`'s channel space) on the
+    unit canvas, each maximising `direction_neuron` at the canvas position: the icons of
+    neuron groups and of an activation atlas's cells, all optimised together `batch_size` at
+    a time. `options` go to `synthesize`.
+
+    Example:
+        >>> made, _ = synthesize_directions(loaded, "features.13", groups.directions)  # doctest: +SKIP
+    """
+    vectors = torch.as_tensor(vectors, dtype=torch.float32)
+    if vectors.dim() != 2 or not len(vectors):
+        raise ConvlensError(f"vectors must be (M, K) with M >= 1, got {tuple(vectors.shape)}")
+    return _on_canvas(
+        model,
+        layer,
+        lambda part, canvas: direction_neuron(
+            layer, vectors[part], canvas.y, canvas.x, cosine_power=cosine_power
+        ),
+        list(labels) if labels is not None else [f"direction {i}" for i in range(len(vectors))],
+        batch_size,
+        options,
+    )
+
+
+def _on_canvas(
+    model: nn.Module | LoadedModel,
+    layer: str,
+    objective_of: Callable[[list[int], Canvas], Objective],
+    labels: list[str],
+    batch_size: int | None,
+    options: dict[str, object],
+) -> tuple[Synthesis, Canvas]:
+    """Images `0..len(labels)-1` on `layer`'s unit canvas, image i maximising its part of
+    `objective_of(images, canvas)`, with the redirected ReLU, in chunks of `batch_size`."""
+    module, prep = resolve_model(model, options.pop("preprocess", None))
     canvas = unit_canvas(module, layer, (prep.channels, *prep.size))
     sized = replace(prep, size=(canvas.side, canvas.side), resize=None)
 
-    def run(chunk: list[int], offset: int) -> Synthesis:
+    def run(part: list[int], offset: int) -> Synthesis:
         return synthesize(
             module,
-            neuron(layer, chunk, canvas.y, canvas.x),
-            preset=preset,
-            steps=steps,
-            n=len(chunk),
-            seed=seed,
+            objective_of(part, canvas),
+            n=len(part),
             preprocess=sized,
             redirect_relu=True,
-            fast=fast,
-            progress=progress,
             offset=offset,
-            **overrides,
+            **options,
         )
 
-    name = neuron(layer, list(channels), canvas.y, canvas.x).name
-    return in_chunks(run, list(channels), batch_size, name), canvas
+    name = objective_of(list(range(len(labels))), canvas).name
+    return in_chunks(run, labels, batch_size, name), canvas
 
 
 def in_chunks(
     run: Callable[[list[int], int], Synthesis],
-    channels: list[int],
+    labels: Sequence[str],
     batch_size: int | None,
     name: str,
 ) -> Synthesis:
-    """`run(chunk, offset)` for each chunk of at most `batch_size` channels (None: one chunk),
-    joined into one Synthesis of objective `name`, each image labelled with its channel. Memory
-    is bounded by the chunk; with `synthesize(offset=...)` the images are those of one whole
-    batch."""
+    """`run(images, offset)` for each chunk of at most `batch_size` of the images (None: one
+    chunk; `images` their places 0..len(labels)-1), joined into one Synthesis of objective
+    `name`, image i captioned `labels[i]`. Memory is bounded by the chunk; with
+    `synthesize(offset=...)` the images are those of one whole batch."""
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if not channels:
-        raise ValueError("no channels to synthesise")
-    size = batch_size or len(channels)
-    made = [run(channels[i : i + size], i) for i in range(0, len(channels), size)]
+    if not labels:
+        raise ValueError("no images to synthesise")
+    size, count = batch_size or len(labels), len(labels)
+    made = [run(list(range(i, min(i + size, count))), i) for i in range(0, count, size)]
     return replace(
         made[0],
         images=torch.cat([m.images for m in made]),
         inputs=torch.cat([m.inputs for m in made]),
         trace=torch.cat([m.trace for m in made], dim=1),
         objective=name,
-        labels=tuple(f"map {c}" for c in channels),
+        labels=tuple(labels),
     )
