@@ -68,7 +68,14 @@ def results(made) -> dict[type, tuple[object, list[str]]]:
         (cl.dead_units(model, data, layers[:2]), ["10 images"]),
         (cl.dead_units(model, data, layers[:1])[layers[0]], ["10 images"]),
         (cl.filters(model, "features.0"), ["features.0", "filters"]),
-        (cl.neuron_groups(model, x[0], layers[-2], groups=3), ["my-net", "3 neuron groups"]),
+        (
+            cl.neuron_groups(model, x[0], layers[-2], groups=3, icons=True, icon_steps=2),
+            ["my-net", "3 neuron groups"],
+        ),
+        (
+            cl.activation_atlas(model, data, layers[-1], grid=3, samples=10, icon_steps=2),
+            ["my-net", "activation atlas", layers[-1]],
+        ),
         (cl.feature_maps(model, x[0], layers[0]), [layers[0], "feature maps"]),
         (cl.randomisation_test(model, x, 0, ["gradient"]), ["randomisation"]),
         (cl.data_randomisation_test(model, twin, x, 0, ["gradient"]), ["data randomisation"]),

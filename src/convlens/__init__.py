@@ -24,6 +24,12 @@ from convlens.analysis import (
     filter_rms,
     filters,
 )
+from convlens.analysis.activation_atlas import (
+    ActivationAtlas,
+    activation_atlas,
+    activation_atlases,
+    class_atlas,
+)
 from convlens.analysis.correspondence import Correspondence, correspondence
 from convlens.analysis.evolution import Evolution, evolution
 from convlens.analysis.groups import NeuronGroups, neuron_groups
@@ -82,6 +88,7 @@ from convlens.trust import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActivationAtlas",
     "AtlasConfig",
     "AttributionMap",
     "ChannelScores",
@@ -104,8 +111,11 @@ __all__ = [
     "TopK",
     "Unit",
     "__version__",
+    "activation_atlas",
+    "activation_atlases",
     "capture",
     "channel_attribution",
+    "class_atlas",
     "codes",
     "conv_layers",
     "correspondence",

@@ -308,13 +308,14 @@ def position_map(values: torch.Tensor, size: int = 224, scale: tuple[float, floa
 
 
 def class_map(classes: torch.Tensor, names: list[str], size: int = 224) -> np.ndarray:
-    """Most-probable-class map (Py, Px) in categorical colours, with a legend of the classes
-    that occur (colour swatch + name) below it."""
+    """Most-probable-class map (Py, Px) in categorical colours (negative: no class, white),
+    with a legend of the classes that occur (colour swatch + name) below it."""
     classes = classes.detach().cpu().long()
     colours = CLASS_COLOURS[classes.numpy() % len(CLASS_COLOURS)]
+    colours[classes.numpy() < 0] = 255
     factor = display_scale(classes.shape[-1], size)
     tiles = np.repeat(np.repeat(colours, factor, axis=0), factor, axis=1)
-    present = sorted(set(classes.flatten().tolist()))
+    present = sorted(c for c in set(classes.flatten().tolist()) if c >= 0)
     line = 14
     legend = Image.new("RGB", (tiles.shape[1], line * len(present) + 4), "white")
     draw = ImageDraw.Draw(legend)

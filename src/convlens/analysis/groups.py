@@ -15,7 +15,8 @@ from torch import nn
 from convlens._errors import ConvlensError
 from convlens._shown import Shown
 from convlens.analysis.filters import layer_maps
-from convlens.models.card import ModelCard, card_of
+from convlens.models.card import ModelCard, card_for_inputs
+from convlens.models.preprocess import Preprocess
 from convlens.synthesis.units import synthesize_directions
 
 ICON_STEPS = 96
@@ -84,20 +85,38 @@ def neuron_groups(
     error = float(np.linalg.norm(matrix - spatial @ nmf.components_) / np.linalg.norm(matrix))
     maps = torch.from_numpy(spatial.T.reshape(groups, height, width)).float()
     directions = torch.from_numpy(nmf.components_).float()
-    drawn = direction_icons(model, layer, directions, icon_steps, seed) if icons else None
-    return NeuronGroups(layer, maps, directions, error, image.detach().cpu(), card_of(model), drawn)
+    card = card_for_inputs(model, image.shape)
+    drawn = None
+    if icons:
+        drawn = direction_icons(model, layer, directions, icon_steps, seed, None, card.transform)
+    return NeuronGroups(layer, maps, directions, error, image.detach().cpu(), card, drawn)
 
 
 def direction_icons(
-    model: nn.Module, layer: str, directions: torch.Tensor, steps: int = ICON_STEPS, seed: int = 0
+    model: nn.Module,
+    layer: str,
+    directions: torch.Tensor,
+    steps: int = ICON_STEPS,
+    seed: int = 0,
+    batch_size: int | None = None,
+    preprocess: Preprocess | None = None,
 ) -> torch.Tensor:
     """(M, C, s, s) in [0, 1]: an image per direction (row of `directions`), optimised together
-    on `layer`'s unit canvas; a direction with no weight (all zero) gets a grey image."""
+    (`batch_size` at a time; None: all at once) on `layer`'s unit canvas, maximising
+    `direction_neuron` with cosine power 1; a direction with no weight (all zero) gets a grey
+    image. `preprocess`: the model's, for a module `load_model` did not make."""
     alive = directions.abs().sum(dim=1) > 0
     if not alive.any():
         raise ConvlensError(f"every direction for {layer!r} is zero: nothing to synthesise")
     made, _ = synthesize_directions(
-        model, layer, directions[alive], steps=steps, lr=ICON_LR, seed=seed
+        model,
+        layer,
+        directions[alive],
+        steps=steps,
+        lr=ICON_LR,
+        seed=seed,
+        batch_size=batch_size,
+        preprocess=preprocess,
     )
     icons = torch.full((len(directions), *made.images.shape[1:]), 0.5)
     icons[alive] = made.images.float().cpu()

@@ -16,6 +16,7 @@ import torch
 
 from convlens import charts, render
 from convlens._shown import MAX_IMAGES, Page, Picture, shown
+from convlens.analysis.activation_atlas import ActivationAtlas
 from convlens.analysis.correspondence import Correspondence
 from convlens.analysis.evolution import Evolution
 from convlens.analysis.filters import DeadUnits, DeadUnitsByLayer, FeatureMaps, Filters
@@ -64,6 +65,12 @@ def _neuron_groups(found: NeuronGroups) -> Picture:
         f"(reconstruction error {found.error:.2f})"
     )
     return titled(figures.neuron_groups_figure(found), title)
+
+
+@shown.register
+def _activation_atlas(found: ActivationAtlas) -> Picture:
+    title = f"{found.card.name}: activation atlas of {found.layer}, {found.grid}x{found.grid} grid"
+    return titled(figures.activation_atlas_figure(found), title)
 
 
 @shown.register

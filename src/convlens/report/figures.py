@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from convlens import charts, render
 from convlens._io import safe_name
 from convlens._shown import MAX_IMAGES
+from convlens.analysis.activation_atlas import ActivationAtlas
 from convlens.analysis.evolution import Evolution, checkpoint_label
 from convlens.analysis.groups import NeuronGroups
 from convlens.analysis.invariance import Invariance
@@ -224,6 +225,21 @@ def neuron_groups_figure(found: NeuronGroups, size: int = 140) -> np.ndarray:
         if found.icons is not None:
             panel = render.stacked([panel, render.picture(found.icons[group], size)], gap=4)
         panels.append((f"group {group}: maps {strongest}", panel))
+    return render.panel_row(panels)
+
+
+def activation_atlas_figure(found: ActivationAtlas, tile: int = 28) -> np.ndarray:
+    """The cells' icons at their places on the grid (empty cells white), beside the class the
+    model predicts most for the images of each cell."""
+    layout = found.layout()
+    which = "" if found.only is None else f", images predicted {found.card.class_name(found.only)}"
+    panels = []
+    if found.icons is not None:
+        title = f"{found.layer}{which}: {len(found.vectors)} activations, {len(found.cells)} cells"
+        panels.append((title, render.mosaic(found.icons, layout, tile)))
+    dominant = torch.from_numpy(np.where(layout >= 0, found.dominant[layout], -1))
+    names = list(found.card.classes)
+    panels.append(("predicted most", render.class_map(dominant, names, found.grid * tile)))
     return render.panel_row(panels)
 
 

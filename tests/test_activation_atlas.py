@@ -1,0 +1,132 @@
+"""Activation atlas: the reservoir is uniform and bounded, duplicates share a cell, cells are the
+brute-force averages, the class filter keeps its class, bad requests are refused up front."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+
+import convlens as cl
+from convlens.analysis import activation_atlas as aa
+
+
+class Generated(Dataset):
+    """`count` random 4x4 one-channel images made on demand (nothing stored), label i % 3."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        generator = torch.Generator().manual_seed(index)
+        return torch.randn(1, 4, 4, generator=generator), index % 3
+
+
+def one_position_net() -> nn.Sequential:
+    """Conv 4x4 → ReLU: a 1x1 map of 8 channels on 4x4 images (one position per image), then
+    three class scores."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 8, 4), nn.ReLU(), nn.Flatten(), nn.Linear(8, 3)).eval()
+
+
+def test_the_reservoir_keeps_each_row_with_equal_chance_whatever_the_batches():
+    kept = np.zeros(100)
+    for seed in range(1500):
+        reservoir = aa.Reservoir(10, seed)
+        rows = torch.arange(100.0)[:, None]
+        for start in range(0, 100, 13):
+            reservoir.add(
+                rows[start : start + 13],
+                torch.zeros(13, dtype=torch.long)[: len(rows[start : start + 13])],
+            )
+        assert reservoir.vectors.shape == (10, 1)
+        kept[reservoir.vectors[:, 0].long().numpy()] += 1
+    assert np.abs(kept / 1500 - 0.1).max() < 0.035  # each of 100 rows kept with p = 10/100
+    one, whole = aa.Reservoir(10, 7), aa.Reservoir(10, 7)
+    for row in range(100):
+        one.add(torch.tensor([[float(row)]]), torch.tensor([row]))
+    whole.add(torch.arange(100.0)[:, None], torch.arange(100))
+    assert torch.equal(one.vectors, whole.vectors) and torch.equal(one.classes, whole.classes)
+
+
+def test_memory_is_bounded_by_the_samples_not_the_dataset(monkeypatch):
+    held = []
+    original = aa.Reservoir._put
+
+    def spy(self, slots, vectors, classes):
+        original(self, slots, vectors, classes)
+        held.append(len(self.vectors))
+
+    monkeypatch.setattr(aa.Reservoir, "_put", spy)
+    vectors, classes = aa.sample_activations(one_position_net(), Generated(20_000), ["1"], 64)["1"]
+    assert vectors.shape == (64, 8) and max(held) == 64 and len(held) > 1
+    assert set(classes.tolist()) <= {0, 1, 2}
+
+
+def test_exact_duplicates_share_a_place_and_a_cell():
+    images = torch.randn(40, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    images = torch.cat([images, images[:10], images[:10]])  # images 0-9 three times each
+    found = cl.activation_atlas(
+        one_position_net(), TensorDataset(images), "1", grid=6, samples=1000, icon_steps=2
+    )
+    first, again, third = found.xy[:10], found.xy[40:50], found.xy[50:60]
+    assert np.array_equal(first, again) and np.array_equal(first, third)
+    cell = np.minimum((found.xy[:, ::-1] * 6).astype(int), 5)
+    assert np.array_equal(cell[:10], cell[40:50])
+    assert found.icons.shape == (len(found.cells), 1, 4, 4)
+
+
+def test_cells_are_the_brute_force_means_counts_and_majority_classes():
+    rng = np.random.default_rng(0)
+    xy = rng.random((200, 2))
+    vectors = torch.from_numpy(rng.random((200, 5))).float()
+    classes = rng.integers(0, 4, 200)
+    cells, means, counts, dominant, share = aa._cells(xy, 4, vectors, classes)
+    for (row, col), mean, count, top, fraction in zip(cells, means, counts, dominant, share):
+        inside = [
+            i
+            for i in range(200)
+            if min(int(xy[i, 1] * 4), 3) == row and min(int(xy[i, 0] * 4), 3) == col
+        ]
+        assert count == len(inside)
+        assert torch.allclose(mean, vectors[inside].mean(dim=0), atol=1e-6)
+        tally = np.bincount(classes[inside], minlength=4)
+        assert top == tally.argmax() and fraction == pytest.approx(tally.max() / len(inside))
+    assert counts.sum() == 200
+
+
+def test_a_class_atlas_keeps_the_layout_and_only_that_class():
+    found = cl.activation_atlas(
+        one_position_net(), Generated(300), "1", grid=5, samples=300, icons=False
+    )
+    label = int(np.bincount(found.classes).argmax())
+    kept = cl.class_atlas(found, one_position_net(), label, icons=False)
+    mine = found.classes == label
+    assert np.array_equal(kept.xy, found.xy[mine]) and set(kept.dominant.tolist()) == {label}
+    assert kept.counts.sum() == mine.sum() and kept.only == label
+    with pytest.raises(cl.ConvlensError, match="classes present"):
+        cl.class_atlas(found, one_position_net(), 7)
+
+
+def test_the_same_seed_gives_the_same_atlas_whatever_the_batch_size():
+    net, data = one_position_net(), Generated(500)
+    a = cl.activation_atlas(net, data, "1", grid=5, samples=120, icons=False, batch_size=64)
+    b = cl.activation_atlas(net, data, "1", grid=5, samples=120, icons=False, batch_size=500)
+    assert torch.equal(a.vectors, b.vectors) and np.array_equal(a.xy, b.xy)
+
+
+def test_bad_requests_are_refused_before_the_data_is_read():
+    net = one_position_net()
+    with pytest.raises(ValueError, match="grid must be an integer >= 1"):
+        cl.activation_atlas(net, Generated(10), "1", grid=0)
+    with pytest.raises(ValueError, match="samples must be"):
+        cl.activation_atlas(net, Generated(10), "1", samples=1)
+    with pytest.raises(cl.ConvlensError, match="no spatial map"):
+        cl.activation_atlas(net, Generated(10), "3")
+    with pytest.raises(cl.ConvlensError, match="unknown layer .l.; known"):
+        cl.activation_atlas(net, Generated(10), "l")
