@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import convlens as cl
 from convlens.analysis import activation_atlas as aa
@@ -63,9 +63,20 @@ def test_memory_is_bounded_by_the_samples_not_the_dataset(monkeypatch):
         held.append(len(self.vectors))
 
     monkeypatch.setattr(aa.Reservoir, "_put", spy)
-    vectors, classes = aa.sample_activations(one_position_net(), Generated(20_000), ["1"], 64)["1"]
+    loader = DataLoader(Generated(20_000), batch_size=500)  # streamed whole
+    vectors, classes = aa.sample_activations(one_position_net(), loader, ["1"], 64)["1"]
     assert vectors.shape == (64, 8) and max(held) == 64 and len(held) > 1
     assert set(classes.tolist()) <= {0, 1, 2}
+
+
+def test_a_long_dataset_is_read_only_at_the_drawn_images(monkeypatch):
+    read = []
+    monkeypatch.setattr(
+        Generated, "__getitem__", lambda self, i: read.append(i) or (torch.ones(1, 4, 4) * i, 0)
+    )
+    vectors, _ = aa.sample_activations(one_position_net(), Generated(20_000), ["1"], 64)["1"]
+    assert len(read) == 64 == len(set(read)) and len(vectors) <= 64
+    assert max(read) > 10_000  # drawn over the whole dataset, not its start
 
 
 def test_exact_duplicates_share_a_place_and_a_cell():
@@ -128,5 +139,5 @@ def test_bad_requests_are_refused_before_the_data_is_read():
         cl.activation_atlas(net, Generated(10), "1", samples=1)
     with pytest.raises(cl.ConvlensError, match="no spatial map"):
         cl.activation_atlas(net, Generated(10), "3")
-    with pytest.raises(cl.ConvlensError, match="unknown layer .l.; known"):
+    with pytest.raises(cl.ConvlensError, match=r"unknown layer 'l'; known"):
         cl.activation_atlas(net, Generated(10), "l")

@@ -92,6 +92,7 @@ def test_resume_skips_finished_stages(atlas):
             "embedding",
             "invariance",
             "trust",
+            "activation-atlas",
         ]
     )
 
@@ -279,3 +280,38 @@ def test_image_pages_link_the_maps_that_carried_the_prediction(atlas):
     first = listed[0]["c"]
     assert f'href="../units/features.13/{first:04d}.html"' in page
     assert f'src="../img/units/features.13/{first:04d}-synthesis.png"' in page
+
+
+def test_each_layer_page_shows_its_activation_atlas_linked_from_the_index(atlas):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    index = (atlas / "index.html").read_text()
+    record = json.loads((atlas / ".stages" / "activation-atlas.json").read_text())
+    for layer in ("features.1", "features.13"):
+        assert f'href="layers/{layer}.html#atlas"' in index
+        page = (atlas / "layers" / f"{layer}.html").read_text()
+        assert 'id="atlas"' in page and f'src="../img/layers/{layer}-atlas.png"' in page
+        assert f'src="../img/layers/{layer}-atlas-classes.png"' in page
+        figure = np.asarray(Image.open(atlas / "img" / "layers" / f"{layer}-atlas.png"))
+        assert figure.std() > 20  # icons and class colours, not a blank page
+        arrays = np.load(atlas / "img" / "layers" / f"{layer}-atlas.npz")
+        assert arrays["counts"].sum() == record["layers"][layer]["samples"] == 144
+        assert len(arrays["cells"]) == record["layers"][layer]["cells"]
+
+
+def test_image_pages_show_the_neuron_groups_of_the_last_layer(atlas):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    page = (atlas / "images" / "0.html").read_text()
+    assert 'src="../img/image-0/groups.png"' in page and "Neuron groups" in page
+    groups = json.loads((atlas / "img" / "image-0" / "groups.json").read_text())
+    assert groups["layer"] == "features.13" and 0 <= groups["error"] < 1
+    raw = np.load(atlas / "img" / "image-0" / "groups.npz")
+    assert raw["maps"].min() >= 0 and raw["icons"].shape == (6, 1, 28, 28)
+    assert np.asarray(Image.open(atlas / "img" / "image-0" / "groups.png")).std() > 20

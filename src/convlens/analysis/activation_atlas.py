@@ -2,8 +2,8 @@
 random positions over a dataset, laid out in 2-D by t-SNE, averaged over the cells of a grid;
 each cell gets a synthesised icon, its count and the class the network predicts most there.
 
-Sampling streams the data through a reservoir, so memory is bounded by `samples` whatever the
-dataset's size."""
+Memory is bounded by `samples` whatever the dataset's size: a Dataset is read at `samples`
+random images, a DataLoader streamed through a reservoir."""
 
 from __future__ import annotations
 
@@ -53,6 +53,15 @@ class ActivationAtlas(Shown):
         found = np.full((self.grid, self.grid), -1, dtype=np.int64)
         found[self.cells[:, 0], self.cells[:, 1]] = np.arange(len(self.cells))
         return found
+
+    def class_counts(self) -> np.ndarray:
+        """(classes, grid, grid): how many samples of each predicted class fall in each cell
+        (where in the layer's layout the network sees each class)."""
+        row_col = _grid_places(self.xy, self.grid)
+        counts = np.zeros((int(self.classes.max()) + 1, self.grid, self.grid), dtype=np.int64)
+        known = self.classes >= 0
+        np.add.at(counts, (self.classes[known], row_col[known, 0], row_col[known, 1]), 1)
+        return counts
 
 
 def activation_atlas(
@@ -179,13 +188,17 @@ def sample_activations(
     progress: bool = False,
 ) -> dict[str, tuple[torch.Tensor, np.ndarray]]:
     """Per layer, (S, K) activation vectors, one per image at a random position where the layer
-    is not silent, a uniform sample of at most `samples` of them over the whole data (reservoir
-    sampling, streamed: memory bounded by `samples`); and (S,) the class the model predicts
-    for each vector's image (-1 for a model without class scores). One pass for all layers;
-    the same seed gives the same sample whatever `batch_size` and the other layers."""
+    is not silent, a uniform sample of at most `samples` of them over the whole data; and (S,)
+    the class the model predicts for each vector's image (-1 for a model without class scores).
+
+    A Dataset longer than `samples` is read only at `samples` images drawn at random (seeded),
+    so the cost follows `samples`, not the dataset; a DataLoader is streamed whole through a
+    reservoir (Vitter's algorithm R), so memory is bounded by `samples` either way. One pass
+    for all layers; the same seed gives the same sample whatever `batch_size` and the other
+    layers."""
     places = {layer: torch.Generator().manual_seed(seed) for layer in layers}
     kept = {layer: Reservoir(samples, seed + 1) for layer in layers}
-    stream = BatchStream(data, batch_size)
+    stream = BatchStream(data, batch_size, _drawn_images(data, samples, seed))
     device = model_device(model)
     with preserved_state(model), capture(model, layers) as acts, torch.inference_mode():
         for batch in tqdm(stream, desc="activation atlas", unit="batch", disable=not progress):
@@ -197,6 +210,15 @@ def sample_activations(
         if reservoir.seen < 2:
             raise ConvlensError(f"{layer!r} fired on {reservoir.seen} image(s): nothing to lay out")
     return {layer: (r.vectors, r.classes.numpy()) for layer, r in kept.items()}
+
+
+def _drawn_images(data: Dataset | DataLoader, samples: int, seed: int) -> list[int] | None:
+    """`samples` image indices drawn without replacement, in order, when `data` is a Dataset
+    longer than that; else None (every image)."""
+    if isinstance(data, DataLoader) or len(data) <= samples:
+        return None
+    generator = torch.Generator().manual_seed(seed)
+    return sorted(torch.randperm(len(data), generator=generator)[:samples].tolist())
 
 
 def _spatial(output: torch.Tensor, layer: str) -> torch.Tensor:
@@ -274,9 +296,15 @@ class Reservoir:
         self.classes[slots] = classes.long()
 
 
+LAYOUT_ITERATIONS = 250
+"""t-SNE iterations after the early exaggeration: on 1,000 activations of the built-in network
+250 keep as many of each point's 10 nearest neighbours as 500 (0.58 at features.5, 0.51 at
+features.13) in 70 % of the time."""
+
+
 def place(vectors: torch.Tensor, seed: int = 0) -> np.ndarray:
     """(S, 2) places in [0, 1]^2 of unit-length `vectors`: t-SNE (perplexity 30, lower for few
-    points), principal components for under 10 distinct vectors; exact duplicates are laid out
+    points; `LAYOUT_ITERATIONS`), principal components for under 10 distinct vectors; exact duplicates are laid out
     once and share their place."""
     unit = torch.nn.functional.normalize(vectors.float(), dim=1).numpy()
     distinct, inverse = np.unique(unit, axis=0, return_inverse=True)
@@ -285,7 +313,7 @@ def place(vectors: torch.Tensor, seed: int = 0) -> np.ndarray:
         xy = np.pad(xy, ((0, 0), (0, 2 - xy.shape[1])))
     else:
         perplexity = min(30.0, (len(distinct) - 1) / 3.5)
-        xy = tsne(distinct, perplexity=perplexity, seed=seed)
+        xy = tsne(distinct, perplexity=perplexity, iterations=LAYOUT_ITERATIONS, seed=seed)
     low, high = xy.min(axis=0), xy.max(axis=0)
     xy = (xy - low) / np.where(high > low, high - low, 1.0)
     return xy[inverse.reshape(-1)]
@@ -296,7 +324,7 @@ def _cells(
 ) -> tuple[np.ndarray, torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
     """The occupied cells of the grid over `xy`: (row, column), mean vector, count, dominant
     class and its share."""
-    row_col = np.minimum((xy[:, ::-1] * grid).astype(np.int64), grid - 1)
+    row_col = _grid_places(xy, grid)
     flat = row_col[:, 0] * grid + row_col[:, 1]
     occupied, which, counts = np.unique(flat, return_inverse=True, return_counts=True)
     index = torch.from_numpy(which.reshape(-1))
@@ -308,3 +336,8 @@ def _cells(
     share = tally.max(axis=1) / counts
     cells = np.stack([occupied // grid, occupied % grid], axis=1)
     return cells, means, counts, dominant, share
+
+
+def _grid_places(xy: np.ndarray, grid: int) -> np.ndarray:
+    """(S, 2) the (row, column) of the grid cell of each place in [0, 1]^2 (x right, y down)."""
+    return np.minimum((xy[:, ::-1] * grid).astype(np.int64), grid - 1)

@@ -2,6 +2,7 @@
 that works from file:// (no external URL anywhere). `stages` builds the figures in resumable
 stages, `pages` writes the pages, `site` names every file."""
 
+from convlens.atlas import layer_atlas  # noqa: F401  (registers the last stage)
 from convlens.atlas.build import write_atlas
 from convlens.atlas.site import AtlasConfig
 from convlens.atlas.stages import SKIPPABLE, STAGES

@@ -51,7 +51,7 @@ def _dead(done: dict, layer: str) -> set[int]:
 
 
 def layer_page(job: Job, layer: str, top: TopK, done: dict) -> None:
-    """A tile per channel, with dead units faded, and the filter box on the first conv layer."""
+    """A tile per channel, with dead units faded, the filter box, and the activation atlas."""
     dead, site = _dead(done, layer), job.site
     channels = [
         {
@@ -72,6 +72,8 @@ def layer_page(job: Job, layer: str, top: TopK, done: dict) -> None:
         channels=channels,
         first=layer == (done["summary"] or {}).get("first_layer"),
         filters=((done["summary"] or {}).get("layer_filters") or {}).get(layer),
+        activation=((done["activation-atlas"] or {}).get("layers") or {}).get(layer),
+        grid=(done["activation-atlas"] or {}).get("grid"),
     )
 
 

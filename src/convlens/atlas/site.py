@@ -25,7 +25,8 @@ class AtlasConfig:
     `synthesis` "unit" (each unit's image covers its receptive field, `synthesize_units`) or
     "full" (an input-sized image maximising the channel's mean); `synthesis_steps` None means
     the mode's own (`UNIT_STEPS` at learning rate `UNIT_LR`, or the full mode's 256);
-    `trust_images` the images of the sanity checks and faithfulness scores."""
+    `trust_images` the images of the sanity checks and faithfulness scores; `atlas_grid` and
+    `atlas_samples` each layer's activation atlas (cells a side, activations sampled)."""
 
     def __post_init__(self) -> None:
         if self.synthesis not in SYNTHESIS_MODES:
@@ -40,6 +41,8 @@ class AtlasConfig:
     embed: int = 1600
     data_description: str = ""
     trust_images: int = 32
+    atlas_grid: int = 10
+    atlas_samples: int = 1000
 
 
 PHOTO_KINDS = ("top9", "thumb", "synthesis")
@@ -148,4 +151,6 @@ class Job:
             common |= {"mode": self.config.synthesis, "steps": self.config.synthesis_steps}
         if stage == "trust":
             common |= {"trust_images": self.config.trust_images}
+        if stage == "activation-atlas":
+            common |= {"grid": self.config.atlas_grid, "samples": self.config.atlas_samples}
         return common

@@ -7,11 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
-import torch
 from torch.utils.data import Subset
 
 from convlens import render
-from convlens._io import safe_name
 from convlens._progress import tqdm
 from convlens.analysis.evolution import (
     checkpoint_label,
@@ -19,30 +17,25 @@ from convlens.analysis.evolution import (
     evolution_projections,
     loaded_checkpoints,
 )
-from convlens.analysis.filters import conv_weight, dead_units, layer_maps
+from convlens.analysis.filters import conv_weight, dead_units
 from convlens.analysis.invariance import invariance
-from convlens.atlas import unit_images
+from convlens.atlas import image_figures, unit_images
 from convlens.atlas.site import Job
-from convlens.attribution import METHODS, channel_attribution, deconvnet
-from convlens.data.select import is_labelled, item, one_per_class, take
-from convlens.distributed import gather_shards
+from convlens.data.select import is_labelled, one_per_class, take
+from convlens.distributed import gather_objects, gather_shards
 from convlens.embedding import embed, nearest_neighbours
-from convlens.hooks import model_device
 from convlens.models.layers import conv_layers, receptive_field, rectified_output, trace_layers
-from convlens.occlusion import default_geometry, occlusion
 from convlens.report import figures, write_image, write_png, write_pngs
 from convlens.report.results import (
     layer_table,
     save_embedding,
     save_invariance,
     save_neighbours,
-    save_occlusion,
     save_synthesis,
     save_trust,
 )
 from convlens.scan import ScanResult, TopExamples, scan, top_examples_of
 from convlens.synthesis import class_score, synthesize
-from convlens.targets import Unit
 from convlens.trust.assess import TRUST_METHODS, assess, label_targets
 
 Stage = Callable[[Job], dict]
@@ -237,83 +230,17 @@ def evolution_stage(job: Job) -> dict:
     return {"labels": [checkpoint_label(c) for c in checkpoints]}
 
 
-PAGE_CHANNELS = 6
-"""Feature maps of the last layer listed on an image page: those that carried its prediction
-most (`channel_attribution`), each linked to its unit page."""
-
-IMAGE_METHODS = ("saliency", "guided", "gradcam", "guided-gradcam", "ig")
-"""The attribution methods of every image page."""
-
-
 @stage("images")
 def images(job: Job) -> dict:
-    """A page per sample image: prediction, attributions (`IMAGE_METHODS`), maps and
-    projections per layer, occlusion."""
+    """A page per sample image (`image_figures.image_page`): prediction, attributions, maps and
+    projections per layer, neuron groups, occlusion. The neuron groups' icons of every page are
+    optimised together, after the pages."""
     indices = job.mine(one_per_class(job.data, job.config.images))
-    return {"pages": [image_page(job, i) for i in job.bar(indices, "image pages")]}
-
-
-def image_page(job: Job, index: int) -> dict:
-    """The figures of one sample image, and what its page lists."""
-    model, folder = job.loaded.model, job.site.image_folder(index)
-    image, label = item(job.data, index)
-    with torch.no_grad():
-        probs = model(image[None].to(model_device(model))).softmax(dim=1)[0].cpu()
-    top = probs.topk(min(3, len(probs)))
-    predicted = int(top.indices[0])
-    write_pngs(folder, attribution_figures(job, image, predicted))
-    layers = layer_figures(job, image, folder)
-    maps = occlusion(
-        model, image, label if label >= 0 else predicted, **_geometry(image), layer=job.layers[-1]
-    )
-    save_occlusion(maps, folder)
-    card = job.loaded.card
-    scores = channel_attribution(model, image[None], predicted, job.layers[-1])[0]
-    strongest = scores.abs().argsort(descending=True)[:PAGE_CHANNELS].tolist()
-    return {
-        "channels": [{"c": k, "value": round(float(scores[k]), 4)} for k in strongest],
-        "index": index,
-        "label": card.class_name(label) if label >= 0 else None,
-        "top": [
-            {"name": card.class_name(int(c)), "p": round(float(p), 4)}
-            for p, c in zip(top.values, top.indices)
-        ],
-        "layers": layers,
-    }
-
-
-def attribution_figures(job: Job, image: torch.Tensor, predicted: int) -> dict[str, np.ndarray]:
-    """Each of `IMAGE_METHODS` for the prediction on its own scale (maps without channels as
-    overlays only), and all side by side on one shared scale (`methods`)."""
-    shown, row = {}, {}
-    for method in IMAGE_METHODS:
-        values = METHODS[method](job.loaded.model, image[None], predicted)
-        drawn = figures.attribution_figures(job.loaded.card, image, method, values[0], 160)
-        shown |= {name: a for name, a in drawn.items() if f"{name}-overlay" not in drawn}
-        row[figures.attribution_title(method, values)] = values[0]
-    shown["methods"] = figures.attribution_row(
-        job.loaded.card, image, row, shared_scale=True, size=160
-    )
-    return shown
-
-
-def _geometry(image: torch.Tensor) -> dict:
-    window, stride = default_geometry(min(image.shape[-2:]))
-    return {"window": window, "stride": stride}
-
-
-def layer_figures(job: Job, image: torch.Tensor, folder) -> list[dict]:
-    """Feature maps of one image at every layer, and the projection of each layer's strongest
-    channel."""
-    maps = layer_maps(job.loaded.model, image, job.layers)
-    write_pngs(folder, figures.feature_map_figures(maps, "maps", tile=40))
-    layers = []
-    for layer, values in maps.items():
-        strongest = int(values.flatten(1).amax(dim=1).argmax())
-        projection = deconvnet(job.loaded.model, image[None], Unit(layer, strongest))[0]
-        write_png(folder / f"deconv-{safe_name(layer)}.png", render.signed_image(projection, 160))
-        layers.append({"name": layer, "file": safe_name(layer), "strongest": strongest})
-    return layers
+    made = [image_figures.image_page(job, i) for i in job.bar(indices, "image pages")]
+    shares = gather_objects([(i, groups) for i, (_, groups) in zip(indices, made)])
+    if job.rank == 0:  # every rank's groups, in the one-process order: the same icons
+        image_figures.write_groups(job, _dealt_back(shares))
+    return {"pages": [page for page, _ in made]}
 
 
 @stage("embedding", skippable=True)

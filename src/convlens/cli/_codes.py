@@ -1,5 +1,5 @@
-"""Commands about the network's codes (the input of its last linear layer): the t-SNE map and
-the nearest neighbours of query images."""
+"""Commands about the network's codes over a dataset: the t-SNE map of the last linear layer's
+input, the nearest neighbours of query images, and a layer's activation atlas."""
 
 from __future__ import annotations
 
@@ -8,12 +8,17 @@ import argparse
 from torch.utils.data import Subset
 
 from convlens._errors import ConvlensError
-from convlens.cli._inputs import load, open_checked
+from convlens._io import safe_name
+from convlens.analysis.activation_atlas import activation_atlases, class_atlas
+from convlens.analysis.groups import ICON_STEPS
+from convlens.cli._inputs import check_class, load, open_checked
 from convlens.cli._options import (
     data_option,
     indices_option,
     int_range,
+    layers_option,
     model_options,
+    non_negative_ints,
     out_option,
     positive_int,
 )
@@ -21,7 +26,9 @@ from convlens.cli._registry import command
 from convlens.data import open_data
 from convlens.data.select import with_transform
 from convlens.embedding import embed, nearest_neighbours
-from convlens.report.results import save_embedding, save_neighbours
+from convlens.hooks import resolve_layer
+from convlens.models.layers import default_layers
+from convlens.report.results import save_activation_atlas, save_embedding, save_neighbours
 
 # t-SNE (perplexity 30) needs more than 90 points, and the mosaic is square: 10 x 10 at least
 EMBED_MINIMUM = 100
@@ -84,3 +91,57 @@ def _neighbours(args: argparse.Namespace) -> None:
     found = nearest_neighbours(loaded.model, chosen, gallery, args.k)
     path = save_neighbours(found, args.out)
     print(f"wrote {path}")
+
+
+def _atlas_arguments(parser: argparse.ArgumentParser) -> None:
+    model_options(parser)
+    data_option(parser, "dataset spec (default: test split)")
+    layers_option(parser, "comma-separated layers (default: the last conv layer's output)")
+    parser.add_argument("--grid", type=int_range(1), default=20, help="cells per side")
+    parser.add_argument(
+        "--samples",
+        type=int_range(10),
+        default=10_000,
+        help="activations kept (one per image, a uniform sample of the data)",
+    )
+    parser.add_argument(
+        "--classes",
+        type=non_negative_ints,
+        default=[],
+        help="comma-separated classes, each with its own class-filtered atlas",
+    )
+    parser.add_argument(
+        "--icon-steps", type=positive_int, default=ICON_STEPS, help="synthesis steps per icon"
+    )
+    out_option("convlens-activation-atlas")(parser)
+
+
+@command(
+    "activation-atlas",
+    "a layer as a whole: activations of the dataset laid out by t-SNE on a grid, an image "
+    "synthesised per cell, the class predicted most there",
+    _atlas_arguments,
+)
+def _activation_atlas(args: argparse.Namespace) -> None:
+    data = open_data(args.data)
+    loaded = load(args)
+    layers = args.layers or default_layers(loaded.model)[-1:]
+    for layer in layers:
+        resolve_layer(loaded.model, layer)  # an unknown name stops here, with the close ones
+    for label in args.classes:
+        check_class(loaded, label, "--classes")
+    data = with_transform(data, loaded.transform)
+    found = activation_atlases(
+        loaded.model, data, layers, args.grid, args.samples, icon_steps=args.icon_steps,
+        progress=True,
+    )  # fmt: skip
+    for layer, atlas in found.items():
+        name = f"atlas-{safe_name(layer)}"
+        save_activation_atlas(atlas, args.out, name)
+        print(
+            f"{layer}: {len(atlas.vectors)} activations in {len(atlas.cells)} cells; wrote {name}.png"
+        )
+        for label in args.classes:
+            kept = class_atlas(atlas, loaded.model, label, icon_steps=args.icon_steps)
+            save_activation_atlas(kept, args.out, f"{name}-class-{label}")
+            print(f"  class {label} ({loaded.classes[label]}): {len(kept.cells)} cells")

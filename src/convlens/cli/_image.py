@@ -1,11 +1,12 @@
-"""Commands about one image at a time: feature maps and occlusion sensitivity (attributions are
-in `_attribute`)."""
+"""Commands about one image at a time: feature maps, neuron groups and occlusion sensitivity
+(attributions are in `_attribute`)."""
 
 from __future__ import annotations
 
 import argparse
 
 from convlens.analysis.filters import layer_maps
+from convlens.analysis.groups import ICON_STEPS, neuron_groups
 from convlens.cli._inputs import check_class, load, open_checked
 from convlens.cli._options import (
     finite_float,
@@ -20,9 +21,10 @@ from convlens.cli._options import (
 from convlens.cli._registry import command
 from convlens.data import open_image
 from convlens.data.select import take, with_transform
+from convlens.hooks import resolve_layer
 from convlens.models.layers import default_layers
 from convlens.occlusion import default_geometry, occlusion
-from convlens.report.results import save_feature_maps, save_occlusion
+from convlens.report.results import save_feature_maps, save_neuron_groups, save_occlusion
 
 
 def _maps_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +42,46 @@ def _maps(args: argparse.Namespace) -> None:
     maps = layer_maps(loaded.model, image, args.layers or default_layers(loaded.model))
     written = save_feature_maps(maps, args.out)
     print(f"wrote {len(written)} feature-map grids and maps.npz to {args.out}")
+
+
+def _groups_arguments(parser: argparse.ArgumentParser) -> None:
+    model_options(parser)
+    image_option(parser, "image file or sample:<name> (e.g. sample:chelsea)")
+    parser.add_argument(
+        "--layer", help="layer whose maps are grouped (default: the last conv layer's output)"
+    )
+    parser.add_argument("--groups", type=positive_int, default=6, help="number of groups")
+    parser.add_argument(
+        "--icon-steps",
+        type=positive_int,
+        default=ICON_STEPS,
+        help="synthesis steps of each group's icon",
+    )
+    parser.add_argument("--no-icons", action="store_true", help="leave out the icons")
+    out_option("convlens-groups")(parser)
+
+
+@command(
+    "groups",
+    "neuron groups: one image's feature maps at a layer factorised (NMF) into groups, where each "
+    "fires and an image synthesised for each",
+    _groups_arguments,
+)
+def _groups(args: argparse.Namespace) -> None:
+    loaded = load(args)
+    layer = args.layer or default_layers(loaded.model)[-1]
+    resolve_layer(loaded.model, layer)  # an unknown name stops here, with the close ones
+    image = loaded.transform(open_image(args.image))
+    found = neuron_groups(
+        loaded.model,
+        image,
+        layer,
+        args.groups,
+        icons=not args.no_icons,
+        icon_steps=args.icon_steps,
+    )
+    path = save_neuron_groups(found, args.out)
+    print(f"{args.groups} groups of {layer}: reconstruction error {found.error:.3f}; wrote {path}")
 
 
 def _occlude_arguments(parser: argparse.ArgumentParser) -> None:

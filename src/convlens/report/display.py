@@ -70,7 +70,10 @@ def _neuron_groups(found: NeuronGroups) -> Picture:
 @shown.register
 def _activation_atlas(found: ActivationAtlas) -> Picture:
     title = f"{found.card.name}: activation atlas of {found.layer}, {found.grid}x{found.grid} grid"
-    return titled(figures.activation_atlas_figure(found), title)
+    drawn = [figures.activation_atlas_figure(found)]
+    if found.only is None:
+        drawn.append(figures.atlas_class_panels(found))
+    return titled(render.stacked(drawn), title)
 
 
 @shown.register

@@ -243,6 +243,20 @@ def activation_atlas_figure(found: ActivationAtlas, tile: int = 28) -> np.ndarra
     return render.panel_row(panels)
 
 
+def atlas_class_panels(found: ActivationAtlas, size: int = 120) -> np.ndarray:
+    """One small map per predicted class: the share of each cell's samples that are of that
+    class, white 0 to dark 1 (where in the layer's layout the network sees each class)."""
+    counts = found.class_counts().astype(np.float64)
+    shares = counts / np.maximum(counts.sum(axis=0, keepdims=True), 1)
+    panels = []
+    for label, share in enumerate(shares):
+        if counts[label].any():
+            tiles = render.enlarge(torch.from_numpy(1 - share).float()[None], size // found.grid)
+            panels.append((found.card.class_name(label), render.to_uint8(tiles)))
+    rows = [render.panel_row(panels[i : i + 5]) for i in range(0, len(panels), 5)]
+    return render.stacked(rows)
+
+
 def inversion_panels(result: Inversion, image: int = 0) -> list[tuple[str, np.ndarray]]:
     """Image `image` beside its reconstruction from the code at `result.layer`."""
     distance = float(result.distance[-1, image])

@@ -11,8 +11,10 @@ import torch
 
 from convlens import render
 from convlens._io import safe_name, write_json
+from convlens.analysis.activation_atlas import ActivationAtlas
 from convlens.analysis.evolution import Evolution
 from convlens.analysis.filters import DeadUnits, FirstLayer, filter_rms
+from convlens.analysis.groups import NeuronGroups
 from convlens.analysis.invariance import Invariance
 from convlens.attribution import AttributionMap, ChannelScores
 from convlens.embedding import Embedding, Neighbours
@@ -90,6 +92,42 @@ def save_channels(scores: ChannelScores, out: Path) -> Path:
     `channels.npz`."""
     write_npz(out / "channels.npz", scores=scores.as_subclass(torch.Tensor).cpu().numpy())
     return write_png(out / "channels.png", figures.channel_figure(scores))
+
+
+def save_neuron_groups(found: NeuronGroups, out: Path) -> Path:
+    """Neuron groups (`figures.neuron_groups_figure`) as `groups.png`; maps, directions and icons
+    in `groups.npz`; the layer and the reconstruction error in `groups.json`."""
+    raw = {"maps": found.maps.numpy(), "directions": found.directions.numpy()}
+    if found.icons is not None:
+        raw["icons"] = found.icons.numpy()
+    write_npz(out / "groups.npz", **raw)
+    write_json(out / "groups.json", {"layer": found.layer, "error": round(found.error, 6)})
+    return write_png(out / "groups.png", figures.neuron_groups_figure(found))
+
+
+def save_activation_atlas(found: ActivationAtlas, out: Path, name: str) -> list[Path]:
+    """An activation atlas: `<name>.png` (icons and predicted classes,
+    `figures.activation_atlas_figure`), for an unfiltered atlas `<name>-classes.png` (each
+    class's share of the cells), every array in `<name>.npz`, a summary in `<name>.json`."""
+    arrays = ("xy", "classes", "cells", "counts", "dominant", "share")
+    write_npz(
+        out / f"{name}.npz",
+        vectors=found.vectors.numpy(),
+        means=found.means.numpy(),
+        **{field: getattr(found, field) for field in arrays},
+    )
+    summary = {
+        "layer": found.layer,
+        "grid": found.grid,
+        "samples": len(found.vectors),
+        "cells": len(found.cells),
+        "class": found.only,
+    }
+    write_json(out / f"{name}.json", summary)
+    figures_written = {name: figures.activation_atlas_figure(found)}
+    if found.only is None:
+        figures_written[f"{name}-classes"] = figures.atlas_class_panels(found)
+    return write_pngs(out, figures_written)
 
 
 def save_occlusion(maps: Occlusion, out: Path) -> Path:
