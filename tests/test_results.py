@@ -66,6 +66,10 @@ def cases(made) -> dict:
         ),
         "save_occlusion": (maps[0],),
         "save_channels": (cl.channel_attribution(model, images[:2], [3, 1]),),
+        "save_neuron_groups": (cl.neuron_groups(model, image, layers[-1], 3, icon_steps=2),),
+        "save_activation_atlas": (
+            cl.activation_atlas(model, data, layers[-1], grid=2, samples=6, icon_steps=2),
+        ),
         "save_synthesis": (cl.synthesize(loaded, class_score([1, 2]), n=2, steps=2),),
         "save_inversion": (cl.invert(loaded, layers[1], image[None], steps=2),),
         "save_fooling": (cl.fooling_image(model, image, 3, max_steps=2),),
@@ -87,7 +91,7 @@ def test_every_save_writes_its_figures_without_running_the_model(made, tmp_path)
     for name, args in arguments.items():
         args = tuple(raising if a is made[0] else a for a in args)
         out = tmp_path / name
-        if name == "save_synthesis":
+        if name in ("save_synthesis", "save_activation_atlas"):  # these take a file name
             getattr(results, name)(*args, out, "grid")
         else:
             getattr(results, name)(*args, out)
