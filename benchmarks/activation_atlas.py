@@ -90,9 +90,7 @@ def main() -> None:
         "memory_10000_over_2000_images": round(growth, 2),
     }
     summary["meets_target"] = (
-        atlas["seconds"] <= 120
-        and summary["naive_over_streamed_memory"] >= 4
-        and growth <= 1.2
+        atlas["seconds"] <= 120 and summary["naive_over_streamed_memory"] >= 4 and growth <= 1.2
     )
     print(json.dumps({**summary, "cases": found}), flush=True)
 
