@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import convlens as cl
 from convlens.analysis import activation_atlas as aa
+from convlens.models.layers import default_layers
 
 
 class Generated(Dataset):
@@ -141,3 +142,23 @@ def test_bad_requests_are_refused_before_the_data_is_read():
         cl.activation_atlas(net, Generated(10), "3")
     with pytest.raises(cl.ConvlensError, match=r"unknown layer 'l'; known"):
         cl.activation_atlas(net, Generated(10), "l")
+
+
+def test_a_resnet_gets_an_atlas_of_every_stage_and_neuron_groups_with_icons():
+    import torchvision
+
+    torch.manual_seed(0)
+    resnet = torchvision.models.resnet18(num_classes=4).eval()
+    images = torch.rand(24, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    layers = default_layers(resnet)
+    assert layers == ["maxpool", "layer1", "layer2", "layer3", "layer4"]
+    found = cl.activation_atlases(
+        resnet, TensorDataset(images), layers, grid=3, samples=24, icon_steps=2
+    )
+    for layer, atlas in found.items():
+        assert atlas.counts.sum() == 24 and atlas.icons.shape[:2] == (len(atlas.cells), 3)
+        side = cl.synthesis.unit_canvas(resnet, layer, (3, 64, 64)).side
+        assert atlas.icons.shape[-1] == side and float(atlas.icons.std()) > 0
+    groups = cl.neuron_groups(resnet, images[0], "layer3", 3, icons=True, icon_steps=2)
+    assert bool((groups.maps >= 0).all()) and bool((groups.directions >= 0).all())
+    assert 0 <= groups.error < 1 and groups.icons.shape == (3, 3, 64, 64)

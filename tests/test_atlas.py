@@ -280,6 +280,7 @@ def test_image_pages_link_the_maps_that_carried_the_prediction(atlas):
     first = listed[0]["c"]
     assert f'href="../units/features.13/{first:04d}.html"' in page
     assert f'src="../img/units/features.13/{first:04d}-synthesis.png"' in page
+    assert f'src="../img/units/features.13/{first:04d}-top1.png"' in page  # its top-1 patch
 
 
 def test_each_layer_page_shows_its_activation_atlas_linked_from_the_index(atlas):

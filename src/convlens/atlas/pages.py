@@ -125,7 +125,7 @@ def image_page(job: Job, page: dict, done: dict) -> None:
         {
             **unit,
             "page": site.unit_page(layer, unit["c"]) if done["units"] else None,
-            "thumb": site.relative(site.unit_image(layer, unit["c"], "thumb"))
+            "patch": site.relative(site.unit_image(layer, unit["c"], "top1"))
             if done["units"]
             else None,
             "synthesis": site.relative(site.unit_image(layer, unit["c"], "synthesis"))

@@ -45,7 +45,7 @@ class AtlasConfig:
     atlas_samples: int = 1000
 
 
-PHOTO_KINDS = ("top9", "thumb", "synthesis")
+PHOTO_KINDS = ("top9", "thumb", "top1", "synthesis")
 """Unit figures that are photographs on a photo model, written as JPEG there."""
 
 
@@ -77,7 +77,7 @@ class Site:
         return self.out / "img"
 
     def unit_image(self, layer: str, channel: int, kind: str) -> Path:
-        """`img/units/<layer>/<channel>-<kind>.<png|jpg>` (kind: top9, thumb, synthesis,
+        """`img/units/<layer>/<channel>-<kind>.<png|jpg>` (kind: top9, thumb, top1, synthesis,
         evolution, filter)."""
         suffix = "jpg" if self.photo and kind in PHOTO_KINDS else "png"
         return self.img / "units" / safe_name(layer) / f"{channel:04d}-{kind}.{suffix}"
@@ -146,7 +146,7 @@ class Job:
             "images": self.config.images,
         }
         if stage in ("units", "synthesis"):  # their figures' format and folders
-            common |= {"photo": self.site.photo, "layout": 2}
+            common |= {"photo": self.site.photo, "layout": 3}
         if stage == "synthesis":
             common |= {"mode": self.config.synthesis, "steps": self.config.synthesis_steps}
         if stage == "trust":

@@ -176,11 +176,13 @@ def unit_groups(items: Iterable[tuple[str, int]], size: int) -> Iterator[tuple[s
 
 
 def _unit_figures(job: Job, layer: str, c: int, examples: TopExamples) -> None:
-    """Fig. 2 of one channel, its thumbnail, and its source images not yet written."""
+    """Fig. 2 of one channel, its thumbnail (the patches), its top-1 patch, and its source
+    images not yet written."""
     figure = figures.top_examples_figure(examples)
     write_image(job.site.unit_image(layer, c, "top9"), figure)
     half = figure.shape[1] // 2
     write_image(job.site.unit_image(layer, c, "thumb"), figure[:, half:][::2, ::2])
+    write_image(job.site.unit_image(layer, c, "top1"), figures.top_patch(examples))
     shown = job.loaded.transform.denormalize(examples.images)
     for index, image in zip(examples.indices, shown):
         if not job.site.data_image(index).exists():  # each dataset image once

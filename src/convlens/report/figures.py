@@ -143,6 +143,13 @@ def top_examples_figure(examples: TopExamples) -> np.ndarray:
     return render.top_examples_figure(patches, projected)
 
 
+def top_patch(examples: TopExamples, size: int = 48) -> np.ndarray:
+    """The receptive-field patch of a channel's top-1 dataset activation, enlarged to about
+    `size` pixels: the small icon of a unit."""
+    shown = examples.card.shown(examples.images[:1])[0]
+    return render.picture(render.crop_padded(shown, examples.boxes[0], fill=0.5), size)
+
+
 def occlusion_panels(maps: Occlusion) -> list[tuple[str, np.ndarray]]:
     """Fig. 7 for one image (`maps` of that image alone): (a) the image with the occluder
     positions and the occluder where the target probability drops most, (b) the strongest
