@@ -36,6 +36,7 @@ def _case(job: tuple[str, int], queue) -> None:
 
     import convlens as cl
     from convlens.analysis import activation_atlas as aa
+    from convlens.analysis import activation_samples as sampling
     from convlens.data import FashionMNIST
 
     kind, count = job
@@ -46,15 +47,12 @@ def _case(job: tuple[str, int], queue) -> None:
     started = time.perf_counter()
     found: dict = {"case": kind, "images": count}
     if kind == "atlas":
-        sampled = aa.sample_activations(loaded.model, data, [LAYER], 10_000)[LAYER]
+        sampled = sampling.sample_activations(loaded.model, data, [LAYER], 10_000)[LAYER]
         found["sampling_s"] = round(time.perf_counter() - started, 2)
         vectors, classes = sampled
         layout_start = time.perf_counter()
         xy = aa.place(vectors)
-        atlas = aa.ActivationAtlas(
-            LAYER, 20, vectors, xy, classes, *aa._cells(xy, 20, vectors, classes),
-            card=loaded.card,
-        )  # fmt: skip
+        atlas = aa._atlas(LAYER, 20, vectors, xy, classes, loaded.card, loaded.transform)
         found["layout_s"] = round(time.perf_counter() - layout_start, 2)
         icons_start = time.perf_counter()
         atlas = aa.with_icons(atlas, loaded.model, aa.ICON_STEPS, None, 0)
@@ -67,10 +65,10 @@ def _case(job: tuple[str, int], queue) -> None:
                 loaded.model(images)
                 maps.append(acts[LAYER].float())
         whole = torch.cat(maps)  # every map of the dataset
-        aa._one_position(whole, torch.Generator().manual_seed(0))
+        sampling._one_position(whole, torch.Generator().manual_seed(0))
     else:  # "stream": sampling only, a DataLoader streamed whole through the reservoir
         loader = DataLoader(data, batch_size=256)
-        aa.sample_activations(loaded.model, loader, [LAYER], 1000)
+        sampling.sample_activations(loaded.model, loader, [LAYER], 1000)
     found["seconds"] = round(time.perf_counter() - started, 2)
     found["added_mb"] = round(_rss_mb() - before, 1)
     queue.put(found)

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import convlens as cl
 from convlens.analysis import activation_atlas as aa
+from convlens.analysis import activation_samples as sampling
 from convlens.models.layers import default_layers
 
 
@@ -38,7 +39,7 @@ def one_position_net() -> nn.Sequential:
 def test_the_reservoir_keeps_each_row_with_equal_chance_whatever_the_batches():
     kept = np.zeros(100)
     for seed in range(1500):
-        reservoir = aa.Reservoir(10, seed)
+        reservoir = sampling.Reservoir(10, seed)
         rows = torch.arange(100.0)[:, None]
         for start in range(0, 100, 13):
             reservoir.add(
@@ -48,7 +49,7 @@ def test_the_reservoir_keeps_each_row_with_equal_chance_whatever_the_batches():
         assert reservoir.vectors.shape == (10, 1)
         kept[reservoir.vectors[:, 0].long().numpy()] += 1
     assert np.abs(kept / 1500 - 0.1).max() < 0.035  # each of 100 rows kept with p = 10/100
-    one, whole = aa.Reservoir(10, 7), aa.Reservoir(10, 7)
+    one, whole = sampling.Reservoir(10, 7), sampling.Reservoir(10, 7)
     for row in range(100):
         one.add(torch.tensor([[float(row)]]), torch.tensor([row]))
     whole.add(torch.arange(100.0)[:, None], torch.arange(100))
@@ -57,15 +58,15 @@ def test_the_reservoir_keeps_each_row_with_equal_chance_whatever_the_batches():
 
 def test_memory_is_bounded_by_the_samples_not_the_dataset(monkeypatch):
     held = []
-    original = aa.Reservoir._put
+    original = sampling.Reservoir._put
 
     def spy(self, slots, vectors, classes):
         original(self, slots, vectors, classes)
         held.append(len(self.vectors))
 
-    monkeypatch.setattr(aa.Reservoir, "_put", spy)
+    monkeypatch.setattr(sampling.Reservoir, "_put", spy)
     loader = DataLoader(Generated(20_000), batch_size=500)  # streamed whole
-    vectors, classes = aa.sample_activations(one_position_net(), loader, ["1"], 64)["1"]
+    vectors, classes = sampling.sample_activations(one_position_net(), loader, ["1"], 64)["1"]
     assert vectors.shape == (64, 8) and max(held) == 64 and len(held) > 1
     assert set(classes.tolist()) <= {0, 1, 2}
 
@@ -75,9 +76,10 @@ def test_a_long_dataset_is_read_only_at_the_drawn_images(monkeypatch):
     monkeypatch.setattr(
         Generated, "__getitem__", lambda self, i: read.append(i) or (torch.ones(1, 4, 4) * i, 0)
     )
-    vectors, _ = aa.sample_activations(one_position_net(), Generated(20_000), ["1"], 64)["1"]
-    assert len(read) == 64 == len(set(read)) and len(vectors) <= 64
-    assert max(read) > 10_000  # drawn over the whole dataset, not its start
+    vectors, _ = sampling.sample_activations(one_position_net(), Generated(20_000), ["1"], 64)["1"]
+    assert read[0] == 0 and len(read) == 65  # the first image checks the layer, then 64 drawn
+    assert len(set(read[1:])) == 64 and len(vectors) <= 64
+    assert max(read) > 10_000  # drawn over the whole dataset, not from its start
 
 
 def test_exact_duplicates_share_a_place_and_a_cell():
@@ -138,7 +140,7 @@ def test_bad_requests_are_refused_before_the_data_is_read():
         cl.activation_atlas(net, Generated(10), "1", grid=0)
     with pytest.raises(ValueError, match="samples must be"):
         cl.activation_atlas(net, Generated(10), "1", samples=1)
-    with pytest.raises(cl.ConvlensError, match="no spatial map"):
+    with pytest.raises(cl.ConvlensError, match="not a spatial map"):
         cl.activation_atlas(net, Generated(10), "3")
     with pytest.raises(cl.ConvlensError, match=r"unknown layer 'l'; known"):
         cl.activation_atlas(net, Generated(10), "l")
@@ -162,3 +164,25 @@ def test_a_resnet_gets_an_atlas_of_every_stage_and_neuron_groups_with_icons():
     groups = cl.neuron_groups(resnet, images[0], "layer3", 3, icons=True, icon_steps=2)
     assert bool((groups.maps >= 0).all()) and bool((groups.directions >= 0).all())
     assert 0 <= groups.error < 1 and groups.icons.shape == (3, 3, 64, 64)
+
+
+def test_a_model_without_class_scores_gets_an_atlas_that_shows_and_saves(tmp_path):
+    from convlens.report.results import save_activation_atlas
+
+    torch.manual_seed(0)
+    features = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU())  # outputs maps, no class scores
+    found = cl.activation_atlas(features, Generated(60), "1", grid=4, samples=60, icon_steps=2)
+    assert set(found.classes.tolist()) == {-1} and set(found.dominant.tolist()) == {-1}
+    assert "image/png" in found._repr_mimebundle_()
+    written = save_activation_atlas(found, tmp_path, "atlas")
+    assert [p.name for p in written] == ["atlas.png"]  # no class panels without classes
+    bare = cl.activation_atlas(features, Generated(60), "1", grid=4, samples=60, icons=False)
+    assert "image/png" in bare._repr_mimebundle_()  # neither icons nor classes: the counts
+
+
+def test_the_sampled_vectors_are_ordinary_tensors_a_user_can_change_and_differentiate():
+    found = cl.activation_atlas(one_position_net(), Generated(50), "1", grid=3, icons=False)
+    found.vectors.mul_(1.0)
+    probe = nn.Linear(8, 1)
+    probe(found.vectors).sum().backward()
+    assert probe.weight.grad is not None

@@ -314,3 +314,35 @@ def test_attribute_channels_prints_and_draws_the_maps_behind_the_decision(cache,
     assert (out / "channels.png").is_file()
     assert main([*command, "--smooth", "4", "--out", str(tmp_path / "refused")]) == 2
     assert "not a map" in capsys.readouterr().err and not (tmp_path / "refused").exists()
+
+
+def test_groups_writes_its_figure_and_refuses_too_many_groups_in_one_line(cache, tmp_path, capsys):
+    cache_random_default()
+    out = tmp_path / "groups"
+    args = ["groups", "--image", "sample:coffee", "--groups", "3", "--icon-steps", "2"]
+    assert main([*args, "--out", str(out)]) == 0
+    assert np.asarray(Image.open(out / "groups.png")).std() > 10
+    refused = tmp_path / "refused"
+    assert (
+        main(["groups", "--image", "sample:coffee", "--groups", "1000", "--out", str(refused)]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "groups must be at most 49" in err and len(err.strip().splitlines()) == 1
+    assert not refused.exists()
+
+
+@pytest.mark.skipif(not DEBIAN_DIR.exists(), reason="needs Debian's dataset-fashion-mnist")
+def test_activation_atlas_writes_each_class_it_can_and_names_the_others(cache, tmp_path, capsys):
+    cache_random_default()
+    out = tmp_path / "atlas"
+    args = ["activation-atlas", "--samples", "200", "--grid", "6", "--icon-steps", "2"]
+    assert main([*args, "--classes", "0,1,2,3,4,5,6,7,8,9", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert np.asarray(Image.open(out / "atlas-features.13.png")).std() > 10
+    lines = {line.split()[1]: line for line in printed.splitlines() if line.startswith("  class")}
+    for label in range(10):
+        written = (out / f"atlas-features.13-class-{label}.png").exists()
+        assert written == lines[str(label)].endswith("cells")
+        assert written != lines[str(label)].endswith("no sample predicted as it")
+    assert main([*args, "--grid", "101", "--out", str(tmp_path / "no")]) == 2
+    assert "--grid" in capsys.readouterr().err and not (tmp_path / "no").exists()

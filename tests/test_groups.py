@@ -38,11 +38,11 @@ def test_nmf_recovers_two_planted_groups_where_and_in_which_channels_they_fire()
 
 def test_neuron_groups_refuse_bad_requests_before_factorising():
     net = nn.Sequential(nn.Identity(), nn.Flatten())
-    with pytest.raises(ValueError, match="at most 4"):
+    with pytest.raises(cl.ConvlensError, match="at most 4"):
         cl.neuron_groups(net, planted(), "0", groups=5)
     with pytest.raises(ValueError, match="groups must be an integer"):
         cl.neuron_groups(net, planted(), "0", groups=0)
-    with pytest.raises(cl.ConvlensError, match="no spatial map"):
+    with pytest.raises(cl.ConvlensError, match="not a spatial map"):
         cl.neuron_groups(net, planted(), "1")
     with pytest.raises(cl.ConvlensError, match="zero everywhere"):
         cl.neuron_groups(net, torch.zeros(4, 6, 6), "0", groups=2)

@@ -1,14 +1,28 @@
 """Charts drawn with PIL, as uint8 arrays (H, W, 3): the t-SNE scatter and the line plots of
-Zeiler & Fergus Fig. 5. Pure, like `convlens.render`, whose class colours they share."""
+Zeiler & Fergus Fig. 5, and maps in class colours (Fig. 7 (e), the activation atlas). Pure,
+like `convlens.render`."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from convlens.render import CLASS_COLOURS
+from convlens.render import display_scale
+
+# Twenty distinguishable colours for class maps (Kelly's / tab20-like order).
+CLASS_COLOURS = np.array(
+    [
+        [31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189],
+        [140, 86, 75], [227, 119, 194], [127, 127, 127], [188, 189, 34], [23, 190, 207],
+        [174, 199, 232], [255, 187, 120], [152, 223, 138], [255, 152, 150], [197, 176, 213],
+        [196, 156, 148], [247, 182, 210], [199, 199, 199], [219, 219, 141], [158, 218, 229],
+    ],
+    dtype=np.uint8,
+)  # fmt: skip
 
 
 def scatter(xy: np.ndarray, labels: np.ndarray, names: list[str], size: int = 640) -> np.ndarray:
@@ -106,3 +120,35 @@ def signed_bars(values: Sequence[float], names: Sequence[str], width: int = 320)
         draw.text((2, y), name[:10], fill="black", font=font)
         draw.text((width - right + 4, y), f"{value:+.3g}", fill="black", font=font)
     return np.asarray(canvas)
+
+
+def class_map(
+    classes: torch.Tensor, names: list[str], size: int = 224, legend: int | None = None
+) -> np.ndarray:
+    """Most-probable-class map (Py, Px) in categorical colours (negative: no class, white),
+    with a legend of the classes that occur (colour swatch + name) below it: the `legend` most
+    frequent of them when given, and how many more there are."""
+    classes = classes.detach().cpu().long()
+    colours = CLASS_COLOURS[classes.numpy() % len(CLASS_COLOURS)]
+    colours[classes.numpy() < 0] = 255
+    factor = display_scale(classes.shape[-1], size)
+    tiles = np.repeat(np.repeat(colours, factor, axis=0), factor, axis=1)
+    found = Counter(c for c in classes.flatten().tolist() if c >= 0)
+    present = sorted(c for c, _ in found.most_common(legend))
+    lines = [(i, f"{i}: {names[i] if i < len(names) else i}") for i in present]
+    if len(found) > len(present):
+        lines.append((None, f"and {len(found) - len(present)} more classes"))
+    return np.concatenate([tiles, _legend(lines, tiles.shape[1])], axis=0)
+
+
+def _legend(lines: list[tuple[int | None, str]], width: int, line: int = 14) -> np.ndarray:
+    """A colour swatch (class index, or None for none) and a text per line."""
+    legend = Image.new("RGB", (width, line * len(lines) + 4), "white")
+    draw = ImageDraw.Draw(legend)
+    for row, (index, text) in enumerate(lines):
+        top = 2 + row * line
+        if index is not None:
+            colour = tuple(int(c) for c in CLASS_COLOURS[index % len(CLASS_COLOURS)])
+            draw.rectangle([2, top + 1, 12, top + 11], fill=colour)
+        draw.text((16, top), text, fill="black", font=ImageFont.load_default())
+    return np.asarray(legend)

@@ -287,45 +287,12 @@ def top_examples_figure(
     return side_by_side([left, right])
 
 
-# Twenty distinguishable colours for class maps (Kelly's / tab20-like order).
-CLASS_COLOURS = np.array(
-    [
-        [31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189],
-        [140, 86, 75], [227, 119, 194], [127, 127, 127], [188, 189, 34], [23, 190, 207],
-        [174, 199, 232], [255, 187, 120], [152, 223, 138], [255, 152, 150], [197, 176, 213],
-        [196, 156, 148], [247, 182, 210], [199, 199, 199], [219, 219, 141], [158, 218, 229],
-    ],
-    dtype=np.uint8,
-)  # fmt: skip
-
-
 def position_map(values: torch.Tensor, size: int = 224, scale: tuple[float, float] | None = None):
     """A map over occluder positions (Py, Px) as an enlarged heat map; `scale` fixes the value
     range shown dark to bright (e.g. (0, 1) for probabilities), default: the map's own range."""
     values = values.detach().float().cpu()
     shown = minmax(values) if scale is None else (values - scale[0]) / (scale[1] - scale[0])
     return heatmap(enlarge(shown, display_scale(values.shape[-1], size)))
-
-
-def class_map(classes: torch.Tensor, names: list[str], size: int = 224) -> np.ndarray:
-    """Most-probable-class map (Py, Px) in categorical colours (negative: no class, white),
-    with a legend of the classes that occur (colour swatch + name) below it."""
-    classes = classes.detach().cpu().long()
-    colours = CLASS_COLOURS[classes.numpy() % len(CLASS_COLOURS)]
-    colours[classes.numpy() < 0] = 255
-    factor = display_scale(classes.shape[-1], size)
-    tiles = np.repeat(np.repeat(colours, factor, axis=0), factor, axis=1)
-    present = sorted(c for c in set(classes.flatten().tolist()) if c >= 0)
-    line = 14
-    legend = Image.new("RGB", (tiles.shape[1], line * len(present) + 4), "white")
-    draw = ImageDraw.Draw(legend)
-    for row, index in enumerate(present):
-        top = 2 + row * line
-        colour = tuple(int(c) for c in CLASS_COLOURS[index % len(CLASS_COLOURS)])
-        draw.rectangle([2, top + 1, 12, top + 11], fill=colour)
-        name = names[index] if 0 <= index < len(names) else str(index)
-        draw.text((16, top), f"{index}: {name}", fill="black", font=ImageFont.load_default())
-    return np.concatenate([tiles, np.asarray(legend)], axis=0)
 
 
 def occluder_grid(

@@ -15,8 +15,10 @@ from torch import nn
 from convlens._errors import ConvlensError
 from convlens._shown import Shown
 from convlens.analysis.filters import layer_maps
-from convlens.models.card import ModelCard, card_for_inputs
+from convlens.attribution.cam import not_spatial
+from convlens.models.card import ModelCard, card_of
 from convlens.models.preprocess import Preprocess
+from convlens.synthesis.optimize import input_space
 from convlens.synthesis.units import synthesize_directions
 
 ICON_STEPS = 96
@@ -64,14 +66,15 @@ def neuron_groups(
     from sklearn.decomposition import NMF
     from sklearn.exceptions import ConvergenceWarning
 
-    if not isinstance(groups, int) or groups < 1:
-        raise ValueError(f"groups must be an integer >= 1, got {groups!r}")
+    for name, value in (("groups", groups), ("icon_steps", icon_steps)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     acts = layer_maps(model, image, [layer])[layer].detach().float().cpu()
     if acts.dim() != 3:
-        raise ConvlensError(f"layer {layer!r} has no spatial map (output {tuple(acts.shape)})")
+        raise not_spatial(model, image[None], layer, tuple(acts.shape))
     channels, height, width = acts.shape
     if groups > min(channels, height * width):
-        raise ValueError(
+        raise ConvlensError(
             f"groups must be at most {min(channels, height * width)} for {layer!r} "
             f"({channels} channels, {height}x{width} positions), got {groups}"
         )
@@ -85,11 +88,11 @@ def neuron_groups(
     error = float(np.linalg.norm(matrix - spatial @ nmf.components_) / np.linalg.norm(matrix))
     maps = torch.from_numpy(spatial.T.reshape(groups, height, width)).float()
     directions = torch.from_numpy(nmf.components_).float()
-    card = card_for_inputs(model, image.shape)
     drawn = None
     if icons:
-        drawn = direction_icons(model, layer, directions, icon_steps, seed, None, card.transform)
-    return NeuronGroups(layer, maps, directions, error, image.detach().cpu(), card, drawn)
+        space = input_space(model, image.shape)
+        drawn = direction_icons(model, layer, directions, icon_steps, seed, None, space)
+    return NeuronGroups(layer, maps, directions, error, image.detach().cpu(), card_of(model), drawn)
 
 
 def direction_icons(
@@ -102,9 +105,9 @@ def direction_icons(
     preprocess: Preprocess | None = None,
 ) -> torch.Tensor:
     """(M, C, s, s) in [0, 1]: an image per direction (row of `directions`), optimised together
-    (`batch_size` at a time; None: all at once) on `layer`'s unit canvas, maximising
-    `direction_neuron` with cosine power 1; a direction with no weight (all zero) gets a grey
-    image. `preprocess`: the model's, for a module `load_model` did not make."""
+    (`batch_size` at a time; None: as many as fit `PIXEL_BUDGET`) on `layer`'s unit canvas,
+    maximising `direction_neuron` with cosine power 1; a direction with no weight (all zero)
+    gets a grey image. `preprocess`: the input space (`input_space`; None: `resolve_model`'s)."""
     alive = directions.abs().sum(dim=1) > 0
     if not alive.any():
         raise ConvlensError(f"every direction for {layer!r} is zero: nothing to synthesise")

@@ -14,7 +14,7 @@ from convlens._io import safe_name
 from convlens.analysis.filters import layer_maps
 from convlens.analysis.groups import NeuronGroups, direction_icons, neuron_groups
 from convlens.atlas.site import Job
-from convlens.atlas.unit_images import ATLAS_ICON_STEPS, icon_chunk
+from convlens.atlas.unit_images import ATLAS_ICON_STEPS
 from convlens.attribution import METHODS, channel_attribution, deconvnet
 from convlens.data.select import item
 from convlens.hooks import model_device
@@ -94,10 +94,7 @@ def write_groups(job: Job, found: list[tuple[int, NeuronGroups | None]]) -> None
     if not pages:
         return
     directions = torch.cat([groups.directions for _, groups in pages])
-    layer = job.layers[-1]
-    icons = direction_icons(
-        job.loaded.model, layer, directions, ATLAS_ICON_STEPS, 0, icon_chunk(job, [layer])
-    )
+    icons = direction_icons(job.loaded.model, job.layers[-1], directions, ATLAS_ICON_STEPS)
     start = 0
     for index, groups in pages:
         count = len(groups.directions)

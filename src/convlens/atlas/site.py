@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 
 from convlens._io import safe_name, write_json
 from convlens._progress import tqdm
+from convlens.analysis.activation_atlas import MAX_GRID
 from convlens.models.loading import LoadedModel
 
 SYNTHESIS_MODES = ("unit", "full")
@@ -31,6 +32,11 @@ class AtlasConfig:
     def __post_init__(self) -> None:
         if self.synthesis not in SYNTHESIS_MODES:
             raise ValueError(f"synthesis must be one of {SYNTHESIS_MODES}, got {self.synthesis!r}")
+        for name, low, high in (("atlas_grid", 1, MAX_GRID), ("atlas_samples", 2, None)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < low or (high and value > high):
+                allowed = f"from {low} to {high}" if high else f">= {low}"
+                raise ValueError(f"{name} must be an integer {allowed}, got {value!r}")
 
     layers: list[str] | None = None
     images: int = 10
@@ -147,6 +153,8 @@ class Job:
         }
         if stage in ("units", "synthesis"):  # their figures' format and folders
             common |= {"photo": self.site.photo, "layout": 3}
+        if stage == "images":  # pages with neuron groups
+            common |= {"layout": 2}
         if stage == "synthesis":
             common |= {"mode": self.config.synthesis, "steps": self.config.synthesis_steps}
         if stage == "trust":

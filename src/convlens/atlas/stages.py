@@ -61,13 +61,17 @@ def stage(name: str, *, skippable: bool = False) -> Callable[[Stage], Stage]:
 
 def merge_records(stage: str, records: list[dict]) -> dict:
     """One record from every rank's record of `stage` (in rank order): the image pages of all
-    ranks in the one-process order, the unit image sizes of all layers, else rank 0's."""
+    ranks in the one-process order, the unit image sizes and activation atlases of all layers,
+    else rank 0's."""
     first = records[0]
     if stage == "images":
         return {"pages": _dealt_back([record["pages"] for record in records])}
     if stage == "synthesis":
         sides = _dealt_back([list(record["sides"].items()) for record in records])
         return {**first, "sides": dict(sides)}
+    if stage == "activation-atlas":
+        layers = _dealt_back([list(record["layers"].items()) for record in records])
+        return {**first, "layers": dict(layers)}
     return first
 
 

@@ -8,7 +8,7 @@ import time
 
 from convlens.atlas.site import Job
 from convlens.synthesis import Synthesis, channel, synthesize
-from convlens.synthesis.units import in_chunks, synthesize_units, unit_canvas
+from convlens.synthesis.units import budget_chunk, in_chunks, synthesize_units, unit_canvas
 
 # Unit images: 96 Adam steps at learning rate 0.1 took 96 % of the trained built-in network's
 # firing units past their best test image (64 steps: 92 %; the Lucid rate 0.05 needs ~256).
@@ -18,10 +18,6 @@ ATLAS_ICON_STEPS = 48
 """Adam steps of the atlas's direction icons (neuron groups, activation atlas cells; at the
 unit images' rate): on the built-in network's last conv layer 48 steps reach 91 % of the
 objective 96 steps reach, in half the time."""
-PIXEL_BUDGET = 16 * 224 * 224
-"""Input pixels optimised at once: 16 images of 224 pixels (resnet50 to layer4 with its
-gradients needs about 3 GB for them), 30 of alexnet's 163-pixel features.11 units, all 64 of
-its 13-pixel features.1 units."""
 
 
 def steps(job: Job) -> int:
@@ -40,15 +36,7 @@ def side(job: Job, layer: str) -> int:
 
 def chunk(job: Job, layer: str) -> int:
     """Units optimised at once for `layer`, within `PIXEL_BUDGET`."""
-    return max(1, PIXEL_BUDGET // side(job, layer) ** 2)
-
-
-def icon_chunk(job: Job, layers: list[str]) -> int:
-    """Direction icons optimised at once: `PIXEL_BUDGET` over the largest unit canvas of
-    `layers` (icons are always unit-sized)."""
-    size = job.loaded.input_size
-    side = max(unit_canvas(job.loaded.model, layer, size).side for layer in layers)
-    return max(1, PIXEL_BUDGET // side**2)
+    return budget_chunk(side(job, layer))
 
 
 def layer_images(

@@ -9,7 +9,7 @@ from torch.utils.data import Subset
 
 from convlens._errors import ConvlensError
 from convlens._io import safe_name
-from convlens.analysis.activation_atlas import activation_atlases, class_atlas
+from convlens.analysis.activation_atlas import MAX_GRID, activation_atlases, class_atlas
 from convlens.analysis.groups import ICON_STEPS
 from convlens.cli._inputs import check_class, load, open_checked
 from convlens.cli._options import (
@@ -97,7 +97,7 @@ def _atlas_arguments(parser: argparse.ArgumentParser) -> None:
     model_options(parser)
     data_option(parser, "dataset spec (default: test split)")
     layers_option(parser, "comma-separated layers (default: the last conv layer's output)")
-    parser.add_argument("--grid", type=int_range(1), default=20, help="cells per side")
+    parser.add_argument("--grid", type=int_range(1, MAX_GRID), default=20, help="cells per side")
     parser.add_argument(
         "--samples",
         type=int_range(10),
@@ -142,6 +142,9 @@ def _activation_atlas(args: argparse.Namespace) -> None:
             f"{layer}: {len(atlas.vectors)} activations in {len(atlas.cells)} cells; wrote {name}.png"
         )
         for label in args.classes:
+            if not (atlas.classes == label).any():
+                print(f"  class {label} ({loaded.classes[label]}): no sample predicted as it")
+                continue
             kept = class_atlas(atlas, loaded.model, label, icon_steps=args.icon_steps)
             save_activation_atlas(kept, args.out, f"{name}-class-{label}")
             print(f"  class {label} ({loaded.classes[label]}): {len(kept.cells)} cells")

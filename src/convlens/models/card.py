@@ -63,14 +63,3 @@ def file_card(model: nn.Module, card: ModelCard) -> None:
 def card_of(model: nn.Module) -> ModelCard:
     """The card filed for `model`, or one naming its class."""
     return _CARDS.get(model) or ModelCard(type(model).__name__)
-
-
-def card_for_inputs(model: nn.Module, shape: Sequence[int]) -> ModelCard:
-    """`card_of(model)`; for a module without a known transform, the same card with the identity
-    transform at input `shape` (C, H, W): what synthesis for it optimises in."""
-    card = card_of(model)
-    if card.transform is not None:
-        return card
-    channels, height, width = (int(n) for n in shape)
-    identity = Preprocess(channels, (height, width), (0.0,) * channels, (1.0,) * channels)
-    return ModelCard(card.name, identity, card.classes)

@@ -71,9 +71,8 @@ def _neuron_groups(found: NeuronGroups) -> Picture:
 def _activation_atlas(found: ActivationAtlas) -> Picture:
     title = f"{found.card.name}: activation atlas of {found.layer}, {found.grid}x{found.grid} grid"
     drawn = [figures.activation_atlas_figure(found)]
-    if found.only is None:
-        drawn.append(figures.atlas_class_panels(found))
-    return titled(render.stacked(drawn), title)
+    classes = figures.atlas_class_panels(found) if found.only is None else None
+    return titled(render.stacked(drawn if classes is None else [*drawn, classes]), title)
 
 
 @shown.register

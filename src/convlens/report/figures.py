@@ -175,7 +175,7 @@ def occlusion_panels(maps: Occlusion) -> list[tuple[str, np.ndarray]]:
     return [
         *panels,
         (f"(d) p({name}), 0 to {top:.3g}", render.position_map(maps.prob[0], scale=(0, top))),
-        ("(e) most probable class", render.class_map(maps.argmax[0], names)),
+        ("(e) most probable class", charts.class_map(maps.argmax[0], names)),
     ]
 
 
@@ -235,33 +235,53 @@ def neuron_groups_figure(found: NeuronGroups, size: int = 140) -> np.ndarray:
     return render.panel_row(panels)
 
 
-def activation_atlas_figure(found: ActivationAtlas, tile: int = 28) -> np.ndarray:
+def activation_atlas_figure(found: ActivationAtlas, tile: int | None = None) -> np.ndarray:
     """The cells' icons at their places on the grid (empty cells white), beside the class the
-    model predicts most for the images of each cell."""
+    model predicts most for the images of each cell (its legend naming at most `CLASS_PANELS`
+    classes); for an atlas with neither icons nor classes, the samples per cell. `tile`:
+    pixels per cell (default: 28, less on grids over 36 cells a side)."""
+    tile = tile or max(4, min(28, 1000 // found.grid))
     layout = found.layout()
     which = "" if found.only is None else f", images predicted {found.card.class_name(found.only)}"
+    title = f"{found.layer}{which}: {len(found.vectors)} activations, {len(found.cells)} cells"
     panels = []
     if found.icons is not None:
-        title = f"{found.layer}{which}: {len(found.vectors)} activations, {len(found.cells)} cells"
         panels.append((title, render.mosaic(found.icons, layout, tile)))
-    dominant = torch.from_numpy(np.where(layout >= 0, found.dominant[layout], -1))
-    names = list(found.card.classes)
-    panels.append(("predicted most", render.class_map(dominant, names, found.grid * tile)))
+    if (found.dominant >= 0).any():
+        dominant = torch.from_numpy(np.where(layout >= 0, found.dominant[layout], -1))
+        names = list(found.card.classes)
+        shown = charts.class_map(dominant, names, found.grid * tile, legend=CLASS_PANELS)
+        panels.append(("predicted most", shown))
+    if not panels:
+        counts = torch.from_numpy(np.where(layout >= 0, found.counts[layout], 0)).float()
+        panels.append(
+            (f"{title}: samples per cell", render.position_map(counts, found.grid * tile))
+        )
     return render.panel_row(panels)
 
 
-def atlas_class_panels(found: ActivationAtlas, size: int = 120) -> np.ndarray:
-    """One small map per predicted class: the share of each cell's samples that are of that
-    class, white 0 to dark 1 (where in the layer's layout the network sees each class)."""
+def atlas_class_panels(found: ActivationAtlas, size: int = 120) -> np.ndarray | None:
+    """One small map per predicted class (the `CLASS_PANELS` most frequent), the share of each
+    cell's samples that are of that class, white 0 to dark 1: where in the layer's layout the
+    network sees each class. None for a model without class scores."""
     counts = found.class_counts().astype(np.float64)
+    if not counts.any():
+        return None
     shares = counts / np.maximum(counts.sum(axis=0, keepdims=True), 1)
+    frequent = np.argsort(-counts.sum(axis=(1, 2)), kind="stable")[:CLASS_PANELS]
     panels = []
-    for label, share in enumerate(shares):
-        if counts[label].any():
-            tiles = render.enlarge(torch.from_numpy(1 - share).float()[None], size // found.grid)
-            panels.append((found.card.class_name(label), render.to_uint8(tiles)))
+    for label in sorted(int(c) for c in frequent if counts[c].any()):
+        tiles = render.enlarge(
+            torch.from_numpy(1 - shares[label]).float()[None], max(1, size // found.grid)
+        )
+        panels.append((found.card.class_name(label), render.to_uint8(tiles)))
     rows = [render.panel_row(panels[i : i + 5]) for i in range(0, len(panels), 5)]
     return render.stacked(rows)
+
+
+CLASS_PANELS = 20
+"""Classes drawn by `atlas_class_panels` at most (a 1000-class model's atlas shows its 20 most
+frequent)."""
 
 
 def inversion_panels(result: Inversion, image: int = 0) -> list[tuple[str, np.ndarray]]:

@@ -107,8 +107,9 @@ def save_neuron_groups(found: NeuronGroups, out: Path) -> Path:
 
 def save_activation_atlas(found: ActivationAtlas, out: Path, name: str) -> list[Path]:
     """An activation atlas: `<name>.png` (icons and predicted classes,
-    `figures.activation_atlas_figure`), for an unfiltered atlas `<name>-classes.png` (each
-    class's share of the cells), every array in `<name>.npz`, a summary in `<name>.json`."""
+    `figures.activation_atlas_figure`), for an unfiltered atlas of a classifier
+    `<name>-classes.png` (each class's share of the cells), every array in `<name>.npz`, a
+    summary in `<name>.json`."""
     arrays = ("xy", "classes", "cells", "counts", "dominant", "share")
     write_npz(
         out / f"{name}.npz",
@@ -124,10 +125,11 @@ def save_activation_atlas(found: ActivationAtlas, out: Path, name: str) -> list[
         "class": found.only,
     }
     write_json(out / f"{name}.json", summary)
-    figures_written = {name: figures.activation_atlas_figure(found)}
-    if found.only is None:
-        figures_written[f"{name}-classes"] = figures.atlas_class_panels(found)
-    return write_pngs(out, figures_written)
+    drawn = {name: figures.activation_atlas_figure(found)}
+    classes = figures.atlas_class_panels(found) if found.only is None else None
+    if classes is not None:
+        drawn[f"{name}-classes"] = classes
+    return write_pngs(out, drawn)
 
 
 def save_occlusion(maps: Occlusion, out: Path) -> Path:

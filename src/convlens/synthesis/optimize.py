@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 
@@ -57,10 +58,22 @@ def resolve_model(
     if preprocess is not None:
         return model, preprocess
     first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    channels = first.in_channels if first is not None else 3
+    return model, _fallback(first.in_channels if first is not None else 3, (224, 224))
+
+
+def input_space(model: nn.Module, shape: Sequence[int]) -> Preprocess:
+    """The preprocessing synthesis for `model` optimises in, for inputs of `shape` (C, H, W):
+    the one `load_model` filed for it, else ImageNet statistics (3 channels) or the identity
+    at that size."""
+    known = card_of(model).transform
+    return known if known is not None else _fallback(int(shape[0]), tuple(shape[-2:]))
+
+
+def _fallback(channels: int, size: tuple[int, int]) -> Preprocess:
+    """ImageNet statistics for 3 channels, else the identity, at `size`."""
     if channels == 3:
-        return model, IMAGENET
-    return model, Preprocess(channels, (224, 224), (0.0,) * channels, (1.0,) * channels)
+        return replace(IMAGENET, size=size)
+    return Preprocess(channels, size, (0.0,) * channels, (1.0,) * channels)
 
 
 def preset_named(name: str | Preset, **overrides: object) -> Preset:

@@ -20,6 +20,16 @@ from convlens.models.loading import LoadedModel
 from convlens.synthesis.objectives import Objective, direction_neuron, neuron
 from convlens.synthesis.optimize import Synthesis, resolve_model, synthesize
 
+PIXEL_BUDGET = 16 * 224 * 224
+"""Input pixels optimised at once by default (`synthesize_directions`, the atlas): 16 images of
+224 pixels (resnet50 to layer4 with its gradients needs about 3 GB for them), 30 of alexnet's
+163-pixel features.11 units, all 64 of its 13-pixel features.1 units."""
+
+
+def budget_chunk(side: int) -> int:
+    """Images of `side` pixels optimised at once within `PIXEL_BUDGET`."""
+    return max(1, PIXEL_BUDGET // side**2)
+
 
 @dataclass(frozen=True)
 class Canvas:
@@ -112,8 +122,8 @@ def synthesize_directions(
 ) -> tuple[Synthesis, Canvas]:
     """One image per direction (row of `vectors`, (M, K) in `layer`'s channel space) on the
     unit canvas, each maximising `direction_neuron` at the canvas position: the icons of
-    neuron groups and of an activation atlas's cells, all optimised together `batch_size` at
-    a time. `options` go to `synthesize`.
+    neuron groups and of an activation atlas's cells, optimised together `batch_size` at a
+    time (None: as many as fit `PIXEL_BUDGET`). `options` go to `synthesize`.
 
     Example:
         >>> made, _ = synthesize_directions(loaded, "features.13", groups.directions)  # doctest: +SKIP
@@ -130,6 +140,7 @@ def synthesize_directions(
         list(labels) if labels is not None else [f"direction {i}" for i in range(len(vectors))],
         batch_size,
         options,
+        bounded=True,
     )
 
 
@@ -140,11 +151,16 @@ def _on_canvas(
     labels: list[str],
     batch_size: int | None,
     options: dict[str, object],
+    *,
+    bounded: bool = False,
 ) -> tuple[Synthesis, Canvas]:
     """Images `0..len(labels)-1` on `layer`'s unit canvas, image i maximising its part of
-    `objective_of(images, canvas)`, with the redirected ReLU, in chunks of `batch_size`."""
+    `objective_of(images, canvas)`, with the redirected ReLU, in chunks of `batch_size` (None:
+    one chunk, or with `bounded` as many as fit `PIXEL_BUDGET`)."""
     module, prep = resolve_model(model, options.pop("preprocess", None))
     canvas = unit_canvas(module, layer, (prep.channels, *prep.size))
+    if bounded and batch_size is None:
+        batch_size = budget_chunk(canvas.side)
     sized = replace(prep, size=(canvas.side, canvas.side), resize=None)
 
     def run(part: list[int], offset: int) -> Synthesis:
@@ -175,7 +191,7 @@ def in_chunks(
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not labels:
-        raise ValueError("no images to synthesise")
+        raise ValueError("nothing to synthesise: no channels or directions were given")
     size, count = batch_size or len(labels), len(labels)
     made = [run(list(range(i, min(i + size, count))), i) for i in range(0, count, size)]
     return replace(
