@@ -12,17 +12,18 @@ from torch import nn
 
 import convlens as cl
 from convlens.attribution import METHODS, deconvnet, gradient, guided_backprop, saliency
+from convlens.normalization import LocalResponseNorm
 
 PIXEL_METHODS = ["deconvnet", "gradient", "guided", "saliency"]  # those with Unit targets here
 
 
-def zeiler_net() -> nn.Sequential:
+def zeiler_net(lrn: type[nn.Module] = nn.LocalResponseNorm) -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(
         nn.Conv2d(3, 6, 3, padding=1),
         nn.ReLU(inplace=True),
         nn.MaxPool2d(2, stride=2, return_indices=False),
-        nn.LocalResponseNorm(3),
+        lrn(3),
         nn.Conv2d(6, 5, 3, padding=1),
         nn.ReLU(),
     )
@@ -59,8 +60,9 @@ def explicit_projection(
 
 
 @pytest.mark.parametrize("rule", ["deconvnet", "guided"])
-def test_unit_projection_matches_the_explicit_zeiler_deconvnet(rule):
-    net = zeiler_net()
+@pytest.mark.parametrize("lrn", [nn.LocalResponseNorm, LocalResponseNorm])
+def test_unit_projection_matches_the_explicit_zeiler_deconvnet(rule, lrn):
+    net = zeiler_net(lrn)
     if rule == "guided":  # guided backprop differentiates through the LRN; take it out
         net[3] = nn.Identity()
     x = torch.randn(4, 3, 12, 12)

@@ -14,8 +14,11 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from convlens._errors import ConvlensError
+from convlens.normalization import local_response_norm
 
 RULES = ("gradient", "deconvnet", "guided", "redirected")
+NORMALIZATIONS = (F.local_response_norm, local_response_norm)
+"""The local response normalisations the deconvnet passes the signal through."""
 
 
 class _RuleReLU(torch.autograd.Function):
@@ -120,11 +123,7 @@ class _RuleMode(TorchFunctionMode):
             )
             self.applied += 1
             return _RuleReLU.apply(args[0], self.rule, inplace)
-        if (
-            func is F.local_response_norm
-            and self.normalization == "identity"
-            and args[0].requires_grad
-        ):
+        if func in NORMALIZATIONS and self.normalization == "identity" and args[0].requires_grad:
             return _PassThrough.apply(args[0], lambda x: func(x, *args[1:], **kwargs))
         if func in _UNCOVERED:
             self.uncovered.add(_UNCOVERED[func])

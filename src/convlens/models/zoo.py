@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from convlens.normalization import LocalResponseNorm
+
 FASHION_CLASSES = (
     "T-shirt/top",
     "Trouser",
@@ -72,11 +74,11 @@ def zfnet(conv1_kernel: int = 5, conv1_stride: int = 1, num_classes: int = 10) -
         nn.Conv2d(1, 32, conv1_kernel, stride=conv1_stride, padding=padding),  # 0: layer 1
         nn.ReLU(inplace=True),
         nn.MaxPool2d(3, stride=2, padding=1),
-        nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0),
+        LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0),
         nn.Conv2d(32, 64, 3, padding=1),  # 4: layer 2
         nn.ReLU(inplace=True),
         nn.MaxPool2d(3, stride=2, padding=1),
-        nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0),
+        LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0),
         nn.Conv2d(64, 96, 3, padding=1),  # 8: layer 3
         nn.ReLU(inplace=True),
         nn.Conv2d(96, 96, 3, padding=1),  # 10: layer 4
