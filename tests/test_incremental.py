@@ -10,6 +10,7 @@ from torch import nn
 
 from convlens.hooks import capture
 from convlens.incremental import IncrementalForward, Patch, Untraceable, _affected
+from convlens.models.zoo import BUILTIN_MODELS
 
 
 def patched_images(base: torch.Tensor, patch: Patch) -> torch.Tensor:
@@ -47,6 +48,12 @@ MODELS = {
     "batchnorm": (lambda: batchnorm_net(), 2, 15, ["2", "4"]),
     "avgpool": (lambda: AvgPoolNet(), 2, 19, ["2"]),
     "torchvision-resnet18": (lambda: torchvision.models.resnet18(num_classes=7), 3, 64, ["layer2"]),
+    "builtin": (  # convlens's own local response normalisation, kept as one local module
+        lambda: BUILTIN_MODELS["zfnet-fashion"].build(),
+        1,
+        28,
+        ["features.3", "features.12"],
+    ),
 }
 
 

@@ -332,6 +332,14 @@ def _whole(value: object) -> object:
     return value.full() if isinstance(value, Patch) else value
 
 
+class _Tracer(fx.Tracer):
+    """fx's tracer, keeping a local response normalisation of any class (convlens's own
+    included) as one module call, so that it is recomputed as one local module."""
+
+    def is_leaf_module(self, module: nn.Module, name: str) -> bool:
+        return isinstance(module, nn.LocalResponseNorm) or super().is_leaf_module(module, name)
+
+
 class IncrementalForward:
     """Forward images that equal a base image (1, C, H, W) except inside a box each.
 
@@ -346,7 +354,7 @@ class IncrementalForward:
 
     def __init__(self, model: nn.Module, layer: str | None = None) -> None:
         try:
-            self.module = fx.symbolic_trace(model)
+            self.module = fx.GraphModule(model, _Tracer().trace(model))
         except Exception as error:  # fx raises many kinds for control flow it cannot follow
             raise Untraceable(f"torch.fx could not trace the model: {error}") from error
         self.layer_node = _output_node(self.module, layer) if layer else None
