@@ -10,8 +10,10 @@ In the same run, two baselines:
   2,000 and over 10,000 images with the same 1,000 samples: the memory should not grow.
 
 Targets: the whole atlas (grid 20, 10,000 samples, icons) in at most 120 s on 2 cores; the
-streamed sampling adds at most a quarter of the naive one's memory; 10,000 images add no more
-than 1.2x the memory of 2,000.
+streamed sampling adds at most a quarter of the naive one's memory; streaming 10,000 images
+instead of 2,000 adds less than a quarter of what the 8,000 more images' maps take (a resident
+set size moves by several MB between runs, so the growth is compared with what holding the
+data would cost, not with zero).
 Run: python benchmarks/activation_atlas.py
 """
 
@@ -80,15 +82,19 @@ def main() -> None:
     cases = [("atlas", 10_000), ("naive", 10_000), ("stream", 2_000), ("stream", 10_000)]
     found = {f"{kind}_{count}": in_fresh_process(_case, (kind, count)) for kind, count in cases}
     atlas, naive = found["atlas_10000"], found["naive_10000"]
-    sampled_mb = max(found["stream_10000"]["added_mb"], 1.0)
-    growth = sampled_mb / max(found["stream_2000"]["added_mb"], 1.0)
+    streamed = max(found["stream_10000"]["added_mb"], 1.0)
+    growth = found["stream_10000"]["added_mb"] - found["stream_2000"]["added_mb"]
+    extra_maps = 8_000 * 64 * 7 * 7 * 4 / 2**20  # features.13 of 8,000 more images, float32
     summary = {
         "atlas_seconds": atlas["seconds"],
-        "naive_over_streamed_memory": round(naive["added_mb"] / sampled_mb, 2),
-        "memory_10000_over_2000_images": round(growth, 2),
+        "naive_over_streamed_memory": round(naive["added_mb"] / streamed, 2),
+        "growth_2000_to_10000_images_mb": round(growth, 1),
+        "maps_of_8000_images_mb": round(extra_maps, 1),
     }
     summary["meets_target"] = (
-        atlas["seconds"] <= 120 and summary["naive_over_streamed_memory"] >= 4 and growth <= 1.2
+        atlas["seconds"] <= 120
+        and summary["naive_over_streamed_memory"] >= 4
+        and growth < extra_maps / 4
     )
     print(json.dumps({**summary, "cases": found}), flush=True)
 
