@@ -125,7 +125,9 @@ def activation_atlases(
     found = {}
     for layer, (vectors, classes) in sampled.items():
         atlas = _atlas(layer, grid, vectors, place(vectors, seed), classes, card_of(model), space)
-        found[layer] = with_icons(atlas, model, icon_steps, icon_batch, seed) if icons else atlas
+        if icons:
+            atlas = with_icons(atlas, model, icon_steps, icon_batch, seed, progress)
+        found[layer] = atlas
     return found
 
 
@@ -192,10 +194,17 @@ def class_atlas(
 
 
 def with_icons(
-    found: ActivationAtlas, model: nn.Module, steps: int, batch: int | None, seed: int
+    found: ActivationAtlas,
+    model: nn.Module,
+    steps: int,
+    batch: int | None,
+    seed: int,
+    progress: bool = False,
 ) -> ActivationAtlas:
     """`found` with a synthesised icon for every cell's mean vector."""
-    drawn = direction_icons(model, found.layer, found.means, steps, seed, batch, found.space)
+    drawn = direction_icons(
+        model, found.layer, found.means, steps, seed, batch, found.space, progress
+    )
     return replace(found, icons=drawn)
 
 

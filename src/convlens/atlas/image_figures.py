@@ -94,7 +94,9 @@ def write_groups(job: Job, found: list[tuple[int, NeuronGroups | None]]) -> None
     if not pages:
         return
     directions = torch.cat([groups.directions for _, groups in pages])
-    icons = direction_icons(job.loaded.model, job.layers[-1], directions, ATLAS_ICON_STEPS)
+    icons = direction_icons(
+        job.loaded.model, job.layers[-1], directions, ATLAS_ICON_STEPS, progress=job.progress
+    )
     start = 0
     for index, groups in pages:
         count = len(groups.directions)
