@@ -37,7 +37,7 @@ def sample_activations(
 
     A Dataset longer than `samples` is read only at `samples` images drawn at random (seeded),
     so the cost follows `samples`, not the dataset; a DataLoader is streamed whole through a
-    reservoir (Vitter's algorithm R), so memory is bounded by `samples` either way. One pass
+    reservoir (algorithm R), so memory is bounded by `samples` either way. One pass
     for all layers; the same seed gives the same sample whatever `batch_size` and the other
     layers. A layer that fires on fewer than two images is left out, with a warning."""
     _check_spatial(model, data, layers)
@@ -111,8 +111,8 @@ def _one_position(
 
 
 class Reservoir:
-    """A uniform sample of at most `capacity` rows from a stream (Vitter's algorithm R): row t
-    of the stream replaces a random kept row with probability capacity / (t + 1)."""
+    """A uniform sample of at most `capacity` rows from a stream (reservoir sampling, algorithm
+    R): row t of the stream replaces a random kept row with probability capacity / (t + 1)."""
 
     def __init__(self, capacity: int, seed: int) -> None:
         self.capacity = capacity
