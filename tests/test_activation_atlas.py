@@ -186,3 +186,17 @@ def test_the_sampled_vectors_are_ordinary_tensors_a_user_can_change_and_differen
     probe = nn.Linear(8, 1)
     probe(found.vectors).sum().backward()
     assert probe.weight.grad is not None
+
+
+def test_the_class_map_gives_each_listed_class_its_own_colour_and_the_rest_grey():
+    from convlens.charts import CLASS_COLOURS, class_map
+
+    many = torch.arange(1000).view(40, 25) % 997  # a 1000-class model's cells
+    drawn = class_map(many, [], 200, legend=20)[:200].reshape(-1, 3)
+    colours = {tuple(c) for c in drawn.tolist()}
+    assert len(colours) == 21 and (160, 160, 160) in colours  # 20 listed, the rest grey
+    few = class_map(torch.tensor([[3, 12], [-1, 3]]), [], 40)  # ten-class maps keep colours
+    assert tuple(few[0, 0]) == tuple(CLASS_COLOURS[3]) and tuple(few[0, 39]) == tuple(
+        CLASS_COLOURS[12]
+    )
+    assert tuple(few[39, 0]) == (255, 255, 255)

@@ -127,28 +127,33 @@ def class_map(
 ) -> np.ndarray:
     """Most-probable-class map (Py, Px) in categorical colours (negative: no class, white),
     with a legend of the classes that occur (colour swatch + name) below it: the `legend` most
-    frequent of them when given, and how many more there are."""
+    frequent of them (at most as many as there are colours), and how many more there are, all
+    drawn in grey. Classes below the number of colours keep their own colour in every figure;
+    otherwise the listed classes take the colours in order."""
     classes = classes.detach().cpu().long()
-    colours = CLASS_COLOURS[classes.numpy() % len(CLASS_COLOURS)]
-    colours[classes.numpy() < 0] = 255
-    factor = display_scale(classes.shape[-1], size)
-    tiles = np.repeat(np.repeat(colours, factor, axis=0), factor, axis=1)
     found = Counter(c for c in classes.flatten().tolist() if c >= 0)
-    present = sorted(c for c, _ in found.most_common(legend))
-    lines = [(i, f"{i}: {names[i] if i < len(names) else i}") for i in present]
-    if len(found) > len(present):
-        lines.append((None, f"and {len(found) - len(present)} more classes"))
-    return np.concatenate([tiles, _legend(lines, tiles.shape[1])], axis=0)
+    shown = min(legend or len(CLASS_COLOURS), len(CLASS_COLOURS))
+    listed = sorted(c for c, _ in found.most_common(shown))
+    stable = all(c < len(CLASS_COLOURS) for c in listed)
+    colour_of = {c: (c if stable else rank) for rank, c in enumerate(listed)}
+    palette = np.vstack([CLASS_COLOURS, [[160, 160, 160], [255, 255, 255]]])  # others, none
+    index = np.vectorize(lambda c: colour_of.get(c, len(CLASS_COLOURS) + (c < 0)))(classes.numpy())
+    factor = display_scale(classes.shape[-1], size)
+    tiles = np.repeat(np.repeat(palette[index], factor, axis=0), factor, axis=1).astype(np.uint8)
+    lines = [(colour_of[c], f"{c}: {names[c] if c < len(names) else c}") for c in listed]
+    if len(found) > len(listed):
+        lines.append((len(CLASS_COLOURS), f"and {len(found) - len(listed)} more classes"))
+    return np.concatenate([tiles, _legend(lines, tiles.shape[1], palette)], axis=0)
 
 
-def _legend(lines: list[tuple[int | None, str]], width: int, line: int = 14) -> np.ndarray:
-    """A colour swatch (class index, or None for none) and a text per line."""
+def _legend(
+    lines: list[tuple[int, str]], width: int, palette: np.ndarray, line: int = 14
+) -> np.ndarray:
+    """A colour swatch (a row of `palette`) and a text per line."""
     legend = Image.new("RGB", (width, line * len(lines) + 4), "white")
     draw = ImageDraw.Draw(legend)
-    for row, (index, text) in enumerate(lines):
+    for row, (colour, text) in enumerate(lines):
         top = 2 + row * line
-        if index is not None:
-            colour = tuple(int(c) for c in CLASS_COLOURS[index % len(CLASS_COLOURS)])
-            draw.rectangle([2, top + 1, 12, top + 11], fill=colour)
+        draw.rectangle([2, top + 1, 12, top + 11], fill=tuple(int(c) for c in palette[colour]))
         draw.text((16, top), text, fill="black", font=ImageFont.load_default())
     return np.asarray(legend)

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from convlens.normalization import LocalResponseNorm
+
 POINTWISE_MODULES = (
     nn.BatchNorm2d,
     nn.ReLU,
@@ -333,11 +335,13 @@ def _whole(value: object) -> object:
 
 
 class _Tracer(fx.Tracer):
-    """fx's tracer, keeping a local response normalisation of any class (convlens's own
-    included) as one module call, so that it is recomputed as one local module."""
+    """fx's tracer, keeping a local response normalisation (torch's or convlens's forward, in
+    any subclass) as one module call, so that it is recomputed as one local module; a subclass
+    with a forward of its own is traced into, as any user module."""
 
     def is_leaf_module(self, module: nn.Module, name: str) -> bool:
-        return isinstance(module, nn.LocalResponseNorm) or super().is_leaf_module(module, name)
+        lrn = type(module).forward in (nn.LocalResponseNorm.forward, LocalResponseNorm.forward)
+        return lrn or super().is_leaf_module(module, name)
 
 
 class IncrementalForward:

@@ -53,7 +53,7 @@ def sample_activations(
                 kept[layer].add(vectors, predicted[chosen])
     silent = [layer for layer, reservoir in kept.items() if reservoir.seen < 2]
     if silent:
-        warnings.warn(f"left out, silent on all but at most one image: {silent}", stacklevel=2)
+        warnings.warn(f"left out, silent on all but at most one image: {silent}", stacklevel=3)
     return {  # cloned outside inference mode: tensors the caller may change or differentiate
         layer: (r.vectors.clone(), r.classes.numpy()) for layer, r in kept.items() if r.seen >= 2
     }

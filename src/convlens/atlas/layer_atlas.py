@@ -34,6 +34,11 @@ def activation_atlas_stage(job: Job) -> dict:
             record[layer] = {"note": f"{layer} fires on at most one image of the data"}
             continue
         atlas, name = found[layer], f"{safe_name(layer)}-atlas"
-        save_activation_atlas(atlas, job.site.img / "layers", name)
-        record[layer] = {"file": name, "samples": len(atlas.vectors), "cells": len(atlas.cells)}
+        written = save_activation_atlas(atlas, job.site.img / "layers", name)
+        record[layer] = {
+            "file": name,
+            "samples": len(atlas.vectors),
+            "cells": len(atlas.cells),
+            "classes": any(path.stem.endswith("-classes") for path in written),
+        }
     return {"layers": record, "grid": job.config.atlas_grid}

@@ -135,6 +135,8 @@ def _activation_atlas(args: argparse.Namespace) -> None:
         loaded.model, data, layers, args.grid, args.samples, icon_steps=args.icon_steps,
         progress=True,
     )  # fmt: skip
+    if not found:
+        raise ConvlensError(f"every layer of {layers} fires on at most one image: no atlas")
     for layer, atlas in found.items():
         name = f"atlas-{safe_name(layer)}"
         save_activation_atlas(atlas, args.out, name)
