@@ -40,6 +40,7 @@ def _case(job: tuple[str, int], queue) -> None:
     from convlens.analysis import activation_atlas as aa
     from convlens.analysis import activation_samples as sampling
     from convlens.data import FashionMNIST
+    from convlens.synthesis.units import UNIT_STEPS
 
     kind, count = job
     loaded = cl.load_model("zfnet-fashion")
@@ -57,7 +58,7 @@ def _case(job: tuple[str, int], queue) -> None:
         atlas = aa._atlas(LAYER, 20, vectors, xy, classes, loaded.card, loaded.transform)
         found["layout_s"] = round(time.perf_counter() - layout_start, 2)
         icons_start = time.perf_counter()
-        atlas = aa.with_icons(atlas, loaded.model, aa.ICON_STEPS, None, 0)
+        atlas = aa.with_icons(atlas, loaded.model, UNIT_STEPS, None, 0)
         found["icons_s"] = round(time.perf_counter() - icons_start, 2)
         found |= {"samples": len(vectors), "cells": len(atlas.cells)}
     elif kind == "naive":

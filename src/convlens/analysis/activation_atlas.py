@@ -16,12 +16,13 @@ from torch.utils.data import DataLoader, Dataset
 from convlens._errors import ConvlensError
 from convlens._shown import Shown
 from convlens.analysis.activation_samples import sample_activations
-from convlens.analysis.groups import ICON_STEPS, direction_icons
+from convlens.analysis.groups import direction_icons
 from convlens.data import BatchStream
 from convlens.embedding import principal_components, tsne
 from convlens.models.card import UNKNOWN, ModelCard, card_of
 from convlens.models.preprocess import Preprocess
 from convlens.synthesis.optimize import input_space
+from convlens.synthesis.units import UNIT_STEPS
 
 MAX_GRID = 100
 """Cells a side at most: a 100 x 100 atlas already draws up to 10,000 icons."""
@@ -106,7 +107,7 @@ def activation_atlases(
     samples: int = 10_000,
     *,
     icons: bool = True,
-    icon_steps: int = ICON_STEPS,
+    icon_steps: int = UNIT_STEPS,
     icon_batch: int | None = None,
     seed: int = 0,
     batch_size: int = 256,
@@ -166,7 +167,7 @@ def class_atlas(
     label: int,
     *,
     icons: bool = True,
-    icon_steps: int = ICON_STEPS,
+    icon_steps: int = UNIT_STEPS,
     icon_batch: int | None = None,
     seed: int = 0,
 ) -> ActivationAtlas:

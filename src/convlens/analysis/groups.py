@@ -19,11 +19,7 @@ from convlens.attribution.cam import not_spatial
 from convlens.models.card import ModelCard, card_of
 from convlens.models.preprocess import Preprocess
 from convlens.synthesis.optimize import input_space
-from convlens.synthesis.units import synthesize_directions
-
-ICON_STEPS = 96
-"""Adam steps of a direction's icon, at `ICON_LR`: as the atlas's unit images."""
-ICON_LR = 0.1
+from convlens.synthesis.units import UNIT_LR, UNIT_STEPS, synthesize_directions
 
 
 @dataclass(frozen=True)
@@ -51,7 +47,7 @@ def neuron_groups(
     *,
     seed: int = 0,
     icons: bool = False,
-    icon_steps: int = ICON_STEPS,
+    icon_steps: int = UNIT_STEPS,
 ) -> NeuronGroups:
     """Factorise the output (K, h, w) of `layer` for one image (C, H, W) into `groups` groups
     with scikit-learn's NMF (NNDSVD initialisation, fixed seed): the h*w positions by K
@@ -99,7 +95,7 @@ def direction_icons(
     model: nn.Module,
     layer: str,
     directions: torch.Tensor,
-    steps: int = ICON_STEPS,
+    steps: int = UNIT_STEPS,
     seed: int = 0,
     batch_size: int | None = None,
     preprocess: Preprocess | None = None,
@@ -118,7 +114,7 @@ def direction_icons(
         layer,
         directions[alive],
         steps=steps,
-        lr=ICON_LR,
+        lr=UNIT_LR,
         seed=seed,
         batch_size=batch_size,
         preprocess=preprocess,

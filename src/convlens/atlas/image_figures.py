@@ -41,13 +41,14 @@ def image_page(job: Job, index: int) -> tuple[dict, NeuronGroups | None]:
     top = probs.topk(min(3, len(probs)))
     predicted = int(top.indices[0])
     write_pngs(folder, attribution_figures(job, image, predicted))
-    layers = layer_figures(job, image, folder)
-    maps = occlusion(
+    maps = layer_maps(model, image, job.layers)  # one forward for the layers and the groups
+    layers = layer_figures(job, image, maps, folder)
+    occluded = occlusion(
         model, image, label if label >= 0 else predicted, **_geometry(image), layer=job.layers[-1]
     )
-    save_occlusion(maps, folder)
+    save_occlusion(occluded, folder)
     card = job.loaded.card
-    groups = _neuron_groups(job, image)
+    groups = _neuron_groups(job, image, maps[job.layers[-1]])
     scores = channel_attribution(model, image[None], predicted, job.layers[-1])[0]
     strongest = scores.abs().argsort(descending=True)[:PAGE_CHANNELS].tolist()
     return {
@@ -68,11 +69,10 @@ PAGE_GROUPS = 6
 or positions)."""
 
 
-def _neuron_groups(job: Job, image: torch.Tensor) -> NeuronGroups | None:
-    """The neuron groups of the last layer on one image, without icons; None when the layer
-    has no spatial map or is silent on it."""
+def _neuron_groups(job: Job, image: torch.Tensor, output: torch.Tensor) -> NeuronGroups | None:
+    """The neuron groups of the last layer on one image (its `output` there), without icons;
+    None when the layer has no spatial map or is silent on it."""
     layer, model = job.layers[-1], job.loaded.model
-    output = layer_maps(model, image, [layer])[layer]
     if output.dim() != 3 or not output.clamp_min(0).any():
         return None
     count = min(PAGE_GROUPS, output.shape[0], output.shape[1] * output.shape[2])
@@ -125,10 +125,11 @@ def _geometry(image: torch.Tensor) -> dict:
     return {"window": window, "stride": stride}
 
 
-def layer_figures(job: Job, image: torch.Tensor, folder) -> list[dict]:
-    """Feature maps of one image at every layer, and the projection of each layer's strongest
-    channel."""
-    maps = layer_maps(job.loaded.model, image, job.layers)
+def layer_figures(
+    job: Job, image: torch.Tensor, maps: dict[str, torch.Tensor], folder
+) -> list[dict]:
+    """Feature maps of one image at every layer (`maps`, `layer_maps`), and the projection of
+    each layer's strongest channel."""
     write_pngs(folder, figures.feature_map_figures(maps, "maps", tile=40))
     layers = []
     for layer, values in maps.items():

@@ -66,13 +66,14 @@ def merge_records(stage: str, records: list[dict]) -> dict:
     first = records[0]
     if stage == "images":
         return {"pages": _dealt_back([record["pages"] for record in records])}
-    if stage == "synthesis":
-        sides = _dealt_back([list(record["sides"].items()) for record in records])
-        return {**first, "sides": dict(sides)}
-    if stage == "activation-atlas":
-        layers = _dealt_back([list(record["layers"].items()) for record in records])
-        return {**first, "layers": dict(layers)}
+    if stage in PER_LAYER:  # each rank made some layers': one dict of them all
+        field = PER_LAYER[stage]
+        return {**first, field: dict(_dealt_back([list(r[field].items()) for r in records]))}
     return first
+
+
+PER_LAYER = {"synthesis": "sides", "activation-atlas": "layers"}
+"""Stages split by layer between ranks, and the field of their record keyed by layer."""
 
 
 def _dealt_back(shares: list[list]) -> list:

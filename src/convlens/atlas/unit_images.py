@@ -8,11 +8,15 @@ import time
 
 from convlens.atlas.site import Job
 from convlens.synthesis import Synthesis, channel, synthesize
-from convlens.synthesis.units import budget_chunk, in_chunks, synthesize_units, unit_canvas
+from convlens.synthesis.units import (
+    UNIT_LR,
+    UNIT_STEPS,
+    budget_chunk,
+    in_chunks,
+    synthesize_units,
+    unit_canvas,
+)
 
-# Unit images: 96 Adam steps at learning rate 0.1 took 96 % of the trained built-in network's
-# firing units past their best test image (64 steps: 92 %; the Lucid rate 0.05 needs ~256).
-UNIT_STEPS, UNIT_LR = 96, 0.1
 FULL_STEPS = 256
 ATLAS_ICON_STEPS = 48
 """Adam steps of the atlas's direction icons (neuron groups, activation atlas cells; at the

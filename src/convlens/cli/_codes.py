@@ -10,7 +10,6 @@ from torch.utils.data import Subset
 from convlens._errors import ConvlensError
 from convlens._io import safe_name
 from convlens.analysis.activation_atlas import MAX_GRID, activation_atlases, class_atlas
-from convlens.analysis.groups import ICON_STEPS
 from convlens.cli._inputs import check_class, load, open_checked
 from convlens.cli._options import (
     data_option,
@@ -29,6 +28,7 @@ from convlens.embedding import embed, nearest_neighbours
 from convlens.hooks import resolve_layer
 from convlens.models.layers import default_layers
 from convlens.report.results import save_activation_atlas, save_embedding, save_neighbours
+from convlens.synthesis.units import UNIT_STEPS
 
 # t-SNE (perplexity 30) needs more than 90 points, and the mosaic is square: 10 x 10 at least
 EMBED_MINIMUM = 100
@@ -111,7 +111,7 @@ def _atlas_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated classes, each with its own class-filtered atlas",
     )
     parser.add_argument(
-        "--icon-steps", type=positive_int, default=ICON_STEPS, help="synthesis steps per icon"
+        "--icon-steps", type=positive_int, default=UNIT_STEPS, help="synthesis steps per icon"
     )
     out_option("convlens-activation-atlas")(parser)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from convlens.analysis.filters import layer_maps
-from convlens.analysis.groups import ICON_STEPS, neuron_groups
+from convlens.analysis.groups import neuron_groups
 from convlens.cli._inputs import check_class, load, open_checked
 from convlens.cli._options import (
     finite_float,
@@ -25,6 +25,7 @@ from convlens.hooks import resolve_layer
 from convlens.models.layers import default_layers
 from convlens.occlusion import default_geometry, occlusion
 from convlens.report.results import save_feature_maps, save_neuron_groups, save_occlusion
+from convlens.synthesis.units import UNIT_STEPS
 
 
 def _maps_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +55,7 @@ def _groups_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--icon-steps",
         type=positive_int,
-        default=ICON_STEPS,
+        default=UNIT_STEPS,
         help="synthesis steps of each group's icon",
     )
     parser.add_argument("--no-icons", action="store_true", help="leave out the icons")

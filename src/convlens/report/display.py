@@ -70,9 +70,7 @@ def _neuron_groups(found: NeuronGroups) -> Picture:
 @shown.register
 def _activation_atlas(found: ActivationAtlas) -> Picture:
     title = f"{found.card.name}: activation atlas of {found.layer}, {found.grid}x{found.grid} grid"
-    drawn = [figures.activation_atlas_figure(found)]
-    classes = figures.atlas_class_panels(found) if found.only is None else None
-    return titled(render.stacked(drawn if classes is None else [*drawn, classes]), title)
+    return titled(render.stacked(list(figures.activation_atlas_figures(found).values())), title)
 
 
 @shown.register

@@ -260,6 +260,14 @@ def activation_atlas_figure(found: ActivationAtlas, tile: int | None = None) -> 
     return render.panel_row(panels)
 
 
+def activation_atlas_figures(found: ActivationAtlas) -> dict[str, np.ndarray]:
+    """`atlas` (`activation_atlas_figure`), and for an unfiltered atlas of a classifier
+    `classes` (`atlas_class_panels`): what the CLI writes and a notebook shows."""
+    drawn = {"atlas": activation_atlas_figure(found)}
+    classes = atlas_class_panels(found) if found.only is None else None
+    return drawn if classes is None else {**drawn, "classes": classes}
+
+
 def atlas_class_panels(found: ActivationAtlas, size: int = 120) -> np.ndarray | None:
     """One small map per predicted class (the `CLASS_PANELS` most frequent), the share of each
     cell's samples that are of that class, white 0 to dark 1: where in the layer's layout the

@@ -125,11 +125,10 @@ def save_activation_atlas(found: ActivationAtlas, out: Path, name: str) -> list[
         "class": found.only,
     }
     write_json(out / f"{name}.json", summary)
-    drawn = {name: figures.activation_atlas_figure(found)}
-    classes = figures.atlas_class_panels(found) if found.only is None else None
-    if classes is not None:
-        drawn[f"{name}-classes"] = classes
-    return write_pngs(out, drawn)
+    drawn = figures.activation_atlas_figures(found)
+    return write_pngs(
+        out, {name if key == "atlas" else f"{name}-{key}": a for key, a in drawn.items()}
+    )
 
 
 def save_occlusion(maps: Occlusion, out: Path) -> Path:

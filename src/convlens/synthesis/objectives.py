@@ -135,16 +135,20 @@ def neuron(
 
     def evaluate(acts: dict[str, torch.Tensor], _logits: torch.Tensor | None) -> torch.Tensor:
         values = _feature_map(acts, layer, index)
-        if values.dim() == 1:
-            return values
-        height, width = values.shape[-2:]
-        row = height // 2 if y is None else y
-        column = width // 2 if x is None else x
-        if not (0 <= row < height and 0 <= column < width):
-            raise ConvlensError(f"position ({row}, {column}) is outside the {height}x{width} map")
-        return values[:, row, column]
+        return values if values.dim() == 1 else _at(values, y, x)
 
     return Objective(evaluate, frozenset({layer}), name=f"{layer}:{index}:{y}:{x}")
+
+
+def _at(values: torch.Tensor, y: int | None, x: int | None) -> torch.Tensor:
+    """`values` (..., h, w) at position (y, x), by default the map's centre, checked to be on
+    the map."""
+    height, width = values.shape[-2:]
+    row = height // 2 if y is None else y
+    column = width // 2 if x is None else x
+    if not (0 <= row < height and 0 <= column < width):
+        raise ConvlensError(f"position ({row}, {column}) is outside the {height}x{width} map")
+    return values[..., row, column]
 
 
 def _directions(output: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
@@ -204,14 +208,8 @@ def direction_neuron(
 
     def evaluate(acts: dict[str, torch.Tensor], _logits: torch.Tensor | None) -> torch.Tensor:
         output = acts[layer]
-        if output.dim() != 4:
-            return _along(output, _directions(output, vectors), cosine_power)
-        height, width = output.shape[-2:]
-        row = height // 2 if y is None else y
-        column = width // 2 if x is None else x
-        if not (0 <= row < height and 0 <= column < width):
-            raise ConvlensError(f"position ({row}, {column}) is outside the {height}x{width} map")
-        return _along(output[:, :, row, column], _directions(output, vectors), cosine_power)
+        at = output if output.dim() != 4 else _at(output, y, x)
+        return _along(at, _directions(output, vectors), cosine_power)
 
     return Objective(evaluate, frozenset({layer}), name=f"{layer}:direction:{y}:{x}")
 
