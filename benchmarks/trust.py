@@ -3,9 +3,10 @@ the first --images Fashion-MNIST test images, their labels as targets, `TRUST_ME
 deletion and insertion steps): `assess` plus `save_trust` into a temporary folder, timed once.
 Then, in the same run, each part timed by calling the function `assess` calls: every method's
 maps once (`convlens.attribution.METHODS`), the reference maps, the cascading randomisation
-test, deletion and insertion of every map (methods and references), and their soft masks. The
-parts are measured after the whole run, on the same inputs, so their sum is close to it but
-not equal (the figures and files are `save_seconds`, outside every part).
+test, deletion and insertion of every map (methods and references, one `faithfulness` call: the
+image and the two baselines, every curve's first and last step, go through once), and their
+soft masks. The parts are measured after the whole run, on the same inputs, so their sum is
+close to it but not equal (the figures and files are `save_seconds`, outside every part).
 
 Deletion and insertion are then checked against a naive loop written here from the definition
 in `convlens.trust.faithfulness`'s docstring, on the first --naive-images images and every map:
@@ -47,7 +48,7 @@ from convlens.attribution.integrated import make_baseline
 from convlens.data.select import take
 from convlens.report.results import save_trust
 from convlens.trust.assess import TRUST_METHODS, assess
-from convlens.trust.faithfulness import deletion, insertion, soft_mask
+from convlens.trust.faithfulness import faithfulness, soft_mask
 from convlens.trust.randomisation import randomisation_test
 from convlens.trust.reference import reference_maps
 
@@ -110,12 +111,10 @@ def curves(
     maps: dict[str, torch.Tensor],
     steps: int,
 ) -> dict[tuple[str, str], torch.Tensor]:
-    """convlens's deletion and insertion curves (N, steps + 1) per (map, kind)."""
-    found = {}
-    for name, attribution in maps.items():
-        for kind, function in (("deletion", deletion), ("insertion", insertion)):
-            found[name, kind] = function(model, images, labels, attribution, steps=steps).curve
-    return found
+    """convlens's deletion and insertion curves (N, steps + 1) per (map, kind), as `assess`
+    makes them: one `faithfulness` call for every map and both kinds."""
+    found = faithfulness(model, images, labels, maps, steps)
+    return {(name, kind): found[kind][name].curve for kind in found for name in found[kind]}
 
 
 def part_times(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from conftest import TinyResNet
@@ -66,6 +67,31 @@ def test_deletion_and_insertion_follow_the_analytic_curve_of_a_linear_model(kind
     # a channel axis sums into the ranking
     again = method(model, images, 0, attribution[:, None], steps=7, baseline=0.25)
     torch.testing.assert_close(again.curve, found.curve)
+
+
+def test_faithfulness_of_several_maps_follows_the_analytic_curves():
+    torch.manual_seed(4)
+    weight = torch.randn(1, 1, 5, 4) * 0.5
+    images = torch.randn(3, 1, 5, 4)
+    maps = {"signal": (weight * images)[:, 0], "noise": torch.rand(3, 5, 4)}
+    found = cl.faithfulness(
+        Linear2(weight),
+        images,
+        0,
+        maps,
+        steps=6,
+        deletion_baseline=-0.5,
+        insertion_baseline=0.75,
+        batch_size=4,
+    )
+    for kind, baseline in (("deletion", -0.5), ("insertion", 0.75)):
+        for name, attribution in maps.items():
+            for n in range(3):
+                expected = analytic(weight, images[n], attribution[n], 6, kind, baseline)
+                torch.testing.assert_close(
+                    found[kind][name].curve[n], expected, atol=1e-6, rtol=1e-5
+                )
+            assert found[kind][name].kind == kind
 
 
 def test_soft_mask_scores_by_hand():
@@ -134,6 +160,29 @@ def test_similarity_of_a_map_with_itself_is_one_and_references_have_their_shapes
     }
     centre = refs["centre"][0]
     assert float(centre[11:13, 9:11].min()) == pytest.approx(float(centre.max()), rel=0.05)
+
+
+def test_similarity_equals_scipy_spearman_and_numpy_correlation_with_ties():
+    from scipy.stats import rankdata, spearmanr
+    from skimage.feature import hog
+
+    from convlens.trust.similarity import average_ranks
+
+    rows = torch.randn(6, 40).round(decimals=0).double().numpy()  # many ties
+    rows[2] = 0.0
+    assert average_ranks(rows) == pytest.approx(rankdata(rows, axis=1))
+    torch.manual_seed(3)
+    first = torch.randn(3, 2, 16, 16).clamp_min(0)  # ties at 0, as rectified maps have
+    second = first + 0.5 * torch.randn(3, 2, 16, 16)
+    found = similarity(first, second)
+    for i in range(3):
+        a, b = first[i].sum(0).flatten().numpy(), second[i].sum(0).flatten().numpy()
+        assert found["spearman"][i] == pytest.approx(spearmanr(a, b).statistic)
+        a, b = first[i].abs().sum(0).numpy(), second[i].abs().sum(0).numpy()
+        assert found["spearman_abs"][i] == pytest.approx(spearmanr(a.ravel(), b.ravel()).statistic)
+        unit = [(m - m.min()) / (m.max() - m.min()) for m in (a, b)]
+        hogs = [hog(m, 9, pixels_per_cell=(2, 2), cells_per_block=(2, 2)) for m in unit]
+        assert found["hog"][i] == pytest.approx(np.corrcoef(*hogs)[0, 1])
 
 
 def test_bad_inputs_are_clear_errors():

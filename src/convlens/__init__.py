@@ -80,6 +80,7 @@ from convlens.training import load_model
 from convlens.trust import (
     data_randomisation_test,
     deletion,
+    faithfulness,
     insertion,
     randomisation_test,
     soft_mask,
@@ -126,6 +127,7 @@ __all__ = [
     "deletion",
     "embed",
     "evolution",
+    "faithfulness",
     "feature_maps",
     "fgsm",
     "filter_rms",

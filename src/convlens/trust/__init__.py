@@ -2,7 +2,14 @@
 randomisation test of Adebayo et al. 2018) and faithfulness scores (deletion and insertion,
 Average Drop and Increase in Confidence), with reference maps that know nothing of the model."""
 
-from convlens.trust.faithfulness import Curve, SoftMask, deletion, insertion, soft_mask
+from convlens.trust.faithfulness import (
+    Curve,
+    SoftMask,
+    deletion,
+    faithfulness,
+    insertion,
+    soft_mask,
+)
 from convlens.trust.randomisation import (
     ORDERS,
     DataRandomisation,
@@ -24,6 +31,7 @@ __all__ = [
     "SoftMask",
     "data_randomisation_test",
     "deletion",
+    "faithfulness",
     "insertion",
     "randomisable_layers",
     "randomisation_test",

@@ -14,7 +14,7 @@ from convlens._shown import Shown
 from convlens.attribution.methods import method_function
 from convlens.hooks import model_device
 from convlens.targets import Target
-from convlens.trust.faithfulness import Curve, SoftMask, deletion, insertion, soft_mask
+from convlens.trust.faithfulness import Curve, SoftMask, faithfulness, soft_mask
 from convlens.trust.randomisation import Randomisation, randomisation_test
 from convlens.trust.reference import reference_maps
 
@@ -86,11 +86,12 @@ def assess(
     maps = {name: method_function(name)(model, images, target) for name in methods}
     references = reference_maps(images, seed)
     maps |= references
+    curves = faithfulness(model, images, target, maps, steps)
     return Trust(
         methods=methods,
         references=list(references),
         randomisation=randomisation_test(model, images, target, methods, seed=seed),
-        deletion={n: deletion(model, images, target, m, steps=steps) for n, m in maps.items()},
-        insertion={n: insertion(model, images, target, m, steps=steps) for n, m in maps.items()},
+        deletion=curves["deletion"],
+        insertion=curves["insertion"],
         soft_mask={n: soft_mask(model, images, target, m) for n, m in maps.items()},
     )

@@ -27,7 +27,7 @@ from convlens._errors import ConvlensError
 from convlens._shown import Shown
 from convlens.attribution.methods import method_function
 from convlens.targets import Target, select_targets
-from convlens.trust.similarity import METRICS, baseline, similarity
+from convlens.trust.similarity import METRICS, baseline, compare, features
 
 ORDERS = ("cascade", "independent")
 MAP_BATCH = 32  # images per method call
@@ -150,6 +150,7 @@ def randomisation_test(
     if not layers:
         raise ConvlensError("the model has no layer with parameters and reset_parameters")
     original = _maps(named, work, images, target)
+    reference = {name: features(maps) for name, maps in original.items()}
     kept = {name: [maps[:keep]] for name, maps in original.items()}
     curves: dict[str, dict[str, list]] = {name: {m: [] for m in METRICS} for name in named}
     saved = copy.deepcopy(work.state_dict())
@@ -159,13 +160,13 @@ def randomisation_test(
         _reset(work.get_submodule(layer), seed + step)
         for name, maps in _maps(named, work, images, target).items():
             kept[name].append(maps[:keep])
-            for metric, values in similarity(original[name], maps).items():
+            for metric, values in compare(reference[name], features(maps)).items():
                 curves[name][metric].append(values)
     return Randomisation(
         order=order,
         steps=layers,
         similarity={n: {m: np.stack(v) for m, v in c.items()} for n, c in curves.items()},
-        baseline={name: baseline(maps) for name, maps in original.items()},
+        baseline={name: baseline(found) for name, found in reference.items()},
         maps={name: torch.stack(values) for name, values in kept.items()},
     )
 
@@ -217,8 +218,9 @@ def data_randomisation_test(
     _check_images(images)
     trained, random = _maps(named, model, images, target), _maps(named, shuffled, images, target)
     _warn_if_constant(random)
+    reference = {name: features(maps) for name, maps in trained.items()}
     return DataRandomisation(
-        similarity={name: similarity(trained[name], random[name]) for name in named},
-        baseline={name: baseline(maps) for name, maps in trained.items()},
+        similarity={name: compare(reference[name], features(random[name])) for name in named},
+        baseline={name: baseline(found) for name, found in reference.items()},
         maps={name: torch.stack([trained[name][:keep], random[name][:keep]]) for name in named},
     )
