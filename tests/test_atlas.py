@@ -316,3 +316,22 @@ def test_image_pages_show_the_neuron_groups_of_the_last_layer(atlas):
     raw = np.load(atlas / "img" / "image-0" / "groups.npz")
     assert raw["maps"].min() >= 0 and raw["icons"].shape == (6, 1, 28, 28)
     assert np.asarray(Image.open(atlas / "img" / "image-0" / "groups.png")).std() > 20
+
+
+def test_precision_is_bfloat16_where_the_hardware_has_it_unless_chosen(monkeypatch, tmp_path):
+    import convlens.atlas.site as site_module
+    from convlens.atlas.site import Job, Site
+
+    entry = BUILTIN_MODELS["zfnet-fashion"]
+    loaded = LoadedModel(entry.build(), None, FASHION_CLASSES, entry.input_size, entry.name)
+
+    def job(precision: str) -> Job:
+        return Job(loaded, [], [], AtlasConfig(precision=precision), Site(tmp_path))
+
+    for native in (True, False):
+        monkeypatch.setattr(site_module, "native_bfloat16", lambda device, native=native: native)
+        assert job("auto").fast is native
+        assert job("bfloat16").fast and not job("float32").fast
+        assert job("auto").settings("synthesis")["bfloat16"] is native
+    with pytest.raises(ValueError, match="precision must be one of"):
+        AtlasConfig(precision="half")

@@ -86,7 +86,8 @@ def activation_atlas(
     `grid` x `grid` grid, and every cell's vectors averaged. With `icons` (default True), each
     cell's mean gets an image maximising it (`direction_neuron` with cosine power 1 on the
     layer's unit canvas, `icon_steps` steps, `icon_batch` at a time; None: as many as fit
-    `PIXEL_BUDGET`). `options`: icons, icon_steps, icon_batch, seed, batch_size, progress.
+    `PIXEL_BUDGET`). `options`: icons, icon_steps, icon_batch, seed, batch_size, progress,
+    fast (the icons' model in bfloat16).
 
     Example:
         >>> found = activation_atlas(loaded.model, test_set, "features.13", grid=12)  # doctest: +SKIP
@@ -112,6 +113,7 @@ def activation_atlases(
     seed: int = 0,
     batch_size: int = 256,
     progress: bool = False,
+    fast: bool = False,
 ) -> dict[str, ActivationAtlas]:
     """`activation_atlas` of several layers from one pass over the data (each layer's atlas
     equals the one made alone); a layer silent on all but one image is left out, with a
@@ -127,7 +129,7 @@ def activation_atlases(
     for layer, (vectors, classes) in sampled.items():
         atlas = _atlas(layer, grid, vectors, place(vectors, seed), classes, card_of(model), space)
         if icons:
-            atlas = with_icons(atlas, model, icon_steps, icon_batch, seed, progress)
+            atlas = with_icons(atlas, model, icon_steps, icon_batch, seed, progress, fast)
         found[layer] = atlas
     return found
 
@@ -201,10 +203,12 @@ def with_icons(
     batch: int | None,
     seed: int,
     progress: bool = False,
+    fast: bool = False,
 ) -> ActivationAtlas:
-    """`found` with a synthesised icon for every cell's mean vector."""
+    """`found` with a synthesised icon for every cell's mean vector (the model in bfloat16 with
+    `fast`)."""
     drawn = direction_icons(
-        model, found.layer, found.means, steps, seed, batch, found.space, progress
+        model, found.layer, found.means, steps, seed, batch, found.space, progress, fast
     )
     return replace(found, icons=drawn)
 

@@ -100,12 +100,13 @@ def direction_icons(
     batch_size: int | None = None,
     preprocess: Preprocess | None = None,
     progress: bool = False,
+    fast: bool = False,
 ) -> torch.Tensor:
     """(M, C, s, s) in [0, 1]: an image per direction (row of `directions`), optimised together
     (`batch_size` at a time; None: as many as fit `PIXEL_BUDGET`) on `layer`'s unit canvas,
     maximising `direction_neuron` with cosine power 1; a direction with no weight (all zero)
     gets a grey image. `preprocess`: the input space (`input_space`; None: `resolve_model`'s);
-    `progress`: a bar over each chunk's steps."""
+    `progress`: a bar over each chunk's steps; `fast`: the model in bfloat16 (`synthesize`)."""
     alive = directions.abs().sum(dim=1) > 0
     if not alive.any():
         raise ConvlensError(f"every direction for {layer!r} is zero: nothing to synthesise")
@@ -119,6 +120,7 @@ def direction_icons(
         batch_size=batch_size,
         preprocess=preprocess,
         progress=progress,
+        fast=fast,
     )
     icons = torch.full((len(directions), *made.images.shape[1:]), 0.5)
     icons[alive] = made.images.float().cpu()

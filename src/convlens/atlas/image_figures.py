@@ -95,7 +95,12 @@ def write_groups(job: Job, found: list[tuple[int, NeuronGroups | None]]) -> None
         return
     directions = torch.cat([groups.directions for _, groups in pages])
     icons = direction_icons(
-        job.loaded.model, job.layers[-1], directions, ATLAS_ICON_STEPS, progress=job.progress
+        job.loaded.model,
+        job.layers[-1],
+        directions,
+        ATLAS_ICON_STEPS,
+        progress=job.progress,
+        fast=job.fast,
     )
     start = 0
     for index, groups in pages:

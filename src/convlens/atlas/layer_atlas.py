@@ -27,6 +27,7 @@ def activation_atlas_stage(job: Job) -> dict:
         job.config.atlas_samples,
         icon_steps=ATLAS_ICON_STEPS,
         progress=job.progress and job.rank == 0,
+        fast=job.fast,
     )
     record = {}
     for layer in mine:

@@ -13,9 +13,12 @@ from torch.utils.data import Dataset
 from convlens._io import safe_name, write_json
 from convlens._progress import tqdm
 from convlens.analysis.activation_atlas import MAX_GRID
+from convlens.hooks import model_device
+from convlens.models.fusion import native_bfloat16
 from convlens.models.loading import LoadedModel
 
 SYNTHESIS_MODES = ("unit", "full")
+PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -27,11 +30,17 @@ class AtlasConfig:
     "full" (an input-sized image maximising the channel's mean); `synthesis_steps` None means
     the mode's own (`UNIT_STEPS` at learning rate `UNIT_LR`, or the full mode's 256);
     `trust_images` the images of the sanity checks and faithfulness scores; `atlas_grid` and
-    `atlas_samples` each layer's activation atlas (cells a side, activations sampled)."""
+    `atlas_samples` each layer's activation atlas (cells a side, activations sampled);
+    `precision` the model's arithmetic while images are synthesised (unit images, class models,
+    icons): "bfloat16" autocast, "float32", or "auto", bfloat16 where the model's device
+    computes it in hardware (`native_bfloat16`). The images are for looking at: in bfloat16 they
+    look the same and excite their units as much, in 0.6-0.8x the time on such CPUs."""
 
     def __post_init__(self) -> None:
         if self.synthesis not in SYNTHESIS_MODES:
             raise ValueError(f"synthesis must be one of {SYNTHESIS_MODES}, got {self.synthesis!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         for name, low, high in (("atlas_grid", 1, MAX_GRID), ("atlas_samples", 2, None)):
             value = getattr(self, name)
             if not isinstance(value, int) or value < low or (high and value > high):
@@ -49,6 +58,7 @@ class AtlasConfig:
     trust_images: int = 32
     atlas_grid: int = 10
     atlas_samples: int = 1000
+    precision: str = "auto"
 
 
 PHOTO_KINDS = ("top9", "thumb", "top1", "synthesis")
@@ -138,6 +148,13 @@ class Job:
         """A progress bar with an ETA over one stage's work (on rank 0, unless `progress` is off)."""
         return tqdm(items, desc=what, leave=False, disable=not self.progress or self.rank != 0)
 
+    @property
+    def fast(self) -> bool:
+        """Whether images are synthesised in bfloat16 (`AtlasConfig.precision`)."""
+        if self.config.precision == "auto":
+            return native_bfloat16(model_device(self.loaded.model))
+        return self.config.precision == "bfloat16"
+
     def mine(self, items: Sequence) -> list:
         """This rank's share of a stage's independent work items (all of them in one process)."""
         return list(items)[self.rank :: self.world]
@@ -153,6 +170,8 @@ class Job:
         }
         if stage in ("units", "synthesis"):  # their figures' format and folders
             common |= {"photo": self.site.photo, "layout": 3}
+        if stage in ("synthesis", "images", "activation-atlas"):  # synthesised images
+            common |= {"bfloat16": self.fast}
         if stage == "images":  # pages with neuron groups
             common |= {"layout": 2}
         if stage == "synthesis":

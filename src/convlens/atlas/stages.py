@@ -211,7 +211,9 @@ def synthesis(job: Job) -> dict:
     record = {"mode": job.config.synthesis, "sides": sizes}
     if job.rank == 0:
         classes = list(range(min(len(job.loaded.classes), 10)))
-        models = synthesize(job.loaded, class_score(classes), preset="lucid", n=len(classes))
+        models = synthesize(
+            job.loaded, class_score(classes), preset="lucid", n=len(classes), fast=job.fast
+        )
         record["classes"] = save_synthesis(models, job.site.img, "class-models").name
     return record
 

@@ -51,13 +51,26 @@ def layer_images(
     bars = progress and job.progress and job.rank == 0
     if job.config.synthesis == "unit":
         return synthesize_units(
-            job.loaded, layer, units, steps=count, lr=UNIT_LR, batch_size=batch, progress=bars
+            job.loaded,
+            layer,
+            units,
+            steps=count,
+            lr=UNIT_LR,
+            batch_size=batch,
+            progress=bars,
+            fast=job.fast,
         )[0]
 
     def run(part: list[int], offset: int) -> Synthesis:
         objective = channel(layer, [units[i] for i in part])
         return synthesize(
-            job.loaded, objective, steps=count, n=len(part), offset=offset, progress=bars
+            job.loaded,
+            objective,
+            steps=count,
+            n=len(part),
+            offset=offset,
+            progress=bars,
+            fast=job.fast,
         )
 
     return in_chunks(run, [f"map {c}" for c in units], batch, channel(layer, units).name)

@@ -9,7 +9,7 @@ from torch.utils.data import Dataset
 
 from convlens._paths import default_model_dir, epoch_checkpoints
 from convlens.atlas import SKIPPABLE, AtlasConfig, write_atlas
-from convlens.atlas.site import SYNTHESIS_MODES
+from convlens.atlas.site import PRECISIONS, SYNTHESIS_MODES
 from convlens.cli._inputs import load, load_spec, open_checked
 from convlens.cli._options import (
     choices_list,
@@ -51,6 +51,13 @@ def _report_options(parser: argparse.ArgumentParser) -> None:
         "batch (fast); full: an input-sized image per channel (slow without a GPU)",
     )
     parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="the model's arithmetic while images are synthesised: auto is bfloat16 where the "
+        "device computes it in hardware (faster, the same-looking images), else float32",
+    )
+    parser.add_argument(
         "--resume", action="store_true", help="reuse finished stages of an earlier run"
     )
 
@@ -70,6 +77,7 @@ def _write_atlas(loaded: LoadedModel, data: Dataset, args: argparse.Namespace) -
         checkpoints=checkpoints,
         synthesis=args.synthesis,
         data_description=args.data,
+        precision=args.precision,
     )
     data = with_transform(data, loaded.transform)
     with sharded() as (rank, _):  # under torchrun every rank builds its share

@@ -104,6 +104,18 @@ def _fold_pair(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     conv.bias = nn.Parameter(bias * scale + shift, requires_grad=False)
 
 
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether `device` computes in bfloat16 in hardware (a CUDA GPU that supports it, a CPU with
+    AVX-512 BF16 or AMX), where autocast to bfloat16 is faster; elsewhere it is emulated and
+    slower than float32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type != "cpu":
+        return False
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own checks
+    return any(bool(getattr(torch.cpu, probe, lambda: False)()) for probe in probes)
+
+
 def bfloat16_copy(runner: nn.Module, model: nn.Module) -> nn.Module:
     """`runner` with its weights in bfloat16, cast once (under inference mode autocast would cast
     them again at every forward). Never the user's model: a copy of it is made with its tensors

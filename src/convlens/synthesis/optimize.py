@@ -256,7 +256,9 @@ def _step(loop: _Loop, acts: Captured, objective: Objective, preset: Preset, ste
     """One step: forward, ascend the objective less the l2/tv penalties, priors, record it."""
     image = loop.image
     current = image()
-    logits = acts.forward(loop.transform(current, loop.generator))
+    logits = acts.forward(
+        loop.transform(current, loop.generator).contiguous(memory_format=torch.channels_last)
+    )
     value = objective(acts, logits)
     loss = -value.sum()
     if preset.l2:
