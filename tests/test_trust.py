@@ -148,6 +148,40 @@ def test_an_edge_detector_fails_and_the_gradient_of_a_trained_model_passes(train
     assert not independent.passed["edges"]
 
 
+def test_blocks_group_a_resnet_by_stage_and_end_where_layer_by_layer_ends():
+    import torchvision
+
+    from convlens.trust import layer_blocks
+
+    resnet = torchvision.models.resnet18()
+    blocks = layer_blocks(resnet, ["maxpool", "layer1", "layer2", "layer3", "layer4"])
+    assert [block[0].split(".")[0] for block in blocks] == [
+        "fc",
+        "layer4",
+        "layer3",
+        "layer2",
+        "layer1",
+        "bn1",
+    ]
+    assert all(name.startswith(block[0].split(".")[0]) for block in blocks[1:5] for name in block)
+    assert sorted(name for block in blocks for name in block) == sorted(randomisable_layers(resnet))
+    torch.manual_seed(0)
+    model, images = TinyResNet().eval(), torch.randn(4, 2, 16, 16)
+    grouped = layer_blocks(model, ["pool", "conv2"])
+    assert grouped == [["head", "conv3", "down"], ["conv2", "conv1"], ["stem"]]
+    one_by_one = cl.randomisation_test(model, images, [0, 1, 2, 0], ["gradient"])
+    by_block = cl.randomisation_test(model, images, [0, 1, 2, 0], ["gradient"], blocks=grouped)
+    assert by_block.steps == ["down+conv3+head", "conv1+conv2", "stem"]
+    for metric in ("spearman_abs", "ssim"):  # the same fully random model at the end
+        last = by_block.similarity["gradient"][metric][-1]
+        assert last == pytest.approx(one_by_one.similarity["gradient"][metric][-1])
+    assert by_block.similarity["gradient"]["spearman"][0] == pytest.approx(
+        one_by_one.similarity["gradient"]["spearman"][2]  # head, conv3 and down, both ways
+    )
+    with pytest.raises(cl.ConvlensError, match="conv3"):
+        cl.randomisation_test(model, images, 0, ["gradient"], blocks=[["conv33"]])
+
+
 def test_similarity_of_a_map_with_itself_is_one_and_references_have_their_shapes():
     torch.manual_seed(2)
     maps = torch.randn(4, 3, 24, 24)

@@ -177,7 +177,7 @@ class Job:
         if stage == "synthesis":
             common |= {"mode": self.config.synthesis, "steps": self.config.synthesis_steps}
         if stage == "trust":
-            common |= {"trust_images": self.config.trust_images}
+            common |= {"trust_images": self.config.trust_images, "randomised": "by block"}
         if stage == "activation-atlas":
             common |= {"grid": self.config.atlas_grid, "samples": self.config.atlas_samples}
         return common

@@ -18,8 +18,10 @@ from convlens.cli._options import (
 )
 from convlens.cli._registry import command
 from convlens.data.select import take, with_transform
+from convlens.models.layers import default_layers
 from convlens.report.results import save_trust
 from convlens.trust.assess import TRUST_METHODS, assess, label_targets
+from convlens.trust.randomisation import layer_blocks
 
 
 def _trust_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +42,12 @@ def _trust_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=seed, default=0, help="re-initialisation and random-map seed"
     )
+    parser.add_argument(
+        "--blocks",
+        action="store_true",
+        help="re-initialise a block a step, the layers up to each default layer (a ResNet "
+        "stage at a time), instead of one layer a step: far fewer steps on deep networks",
+    )
     out_option("convlens-trust")(parser)
 
 
@@ -57,7 +65,10 @@ def _trust(args: argparse.Namespace) -> None:
     target = label_targets(loaded.model, images, labels)
     said = "their labels" if isinstance(target, list) else "the predicted classes"
     print(f"checking {', '.join(args.methods)} on {count} images, targets {said}")
-    found = assess(loaded.model, images, target, args.methods, steps=args.steps, seed=args.seed)
+    blocks = layer_blocks(loaded.model, default_layers(loaded.model)) if args.blocks else None
+    found = assess(
+        loaded.model, images, target, args.methods, steps=args.steps, seed=args.seed, blocks=blocks
+    )
     save_trust(found, args.out)
     for row in found.table():
         verdict = {True: "passes", False: "FAILS", None: "(reference)"}[row["passes"]]

@@ -15,6 +15,7 @@ from convlens.trust.randomisation import (
     DataRandomisation,
     Randomisation,
     data_randomisation_test,
+    layer_blocks,
     randomisable_layers,
     randomisation_test,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "deletion",
     "faithfulness",
     "insertion",
+    "layer_blocks",
     "randomisable_layers",
     "randomisation_test",
     "reference_maps",

@@ -74,9 +74,11 @@ def assess(
     *,
     steps: int = 32,
     seed: int = 0,
+    blocks: Sequence[Sequence[str]] | None = None,
 ) -> Trust:
     """The sanity check and the faithfulness scores of `methods` on `images`, with the reference
-    maps beside them (deletion to a zero baseline, insertion into a blurred copy, `steps` each).
+    maps beside them (deletion to a zero baseline, insertion into a blurred copy, `steps` each);
+    `blocks`: the randomisation test's steps (`layer_blocks`; None: one layer a step).
 
     Example:
         >>> found = assess(loaded.model, images, labels)  # doctest: +SKIP
@@ -90,7 +92,7 @@ def assess(
     return Trust(
         methods=methods,
         references=list(references),
-        randomisation=randomisation_test(model, images, target, methods, seed=seed),
+        randomisation=randomisation_test(model, images, target, methods, seed=seed, blocks=blocks),
         deletion=curves["deletion"],
         insertion=curves["insertion"],
         soft_mask={n: soft_mask(model, images, target, m) for n, m in maps.items()},

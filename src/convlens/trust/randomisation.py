@@ -6,7 +6,9 @@ The test works on a copy: the model passed in is never modified. Layers with par
 their own and a `reset_parameters` (convolutions, linear layers, normalisations) are
 re-initialised from the output down, each with its own default initialisation under a seed:
 "cascade" keeps the layers above randomised as it goes down, "independent" randomises one layer
-at a time. At each step every method's maps are compared with the original ones
+at a time. A step is one layer, or one block of layers (`layer_blocks`: a ResNet stage at a
+time, as Adebayo et al. randomised Inception v3 block by block); each layer's seed is the same
+either way. At each step every method's maps are compared with the original ones
 (`convlens.trust.similarity`); the summary score is the mean Spearman rank correlation of
 |map| over all steps and images (the area under the similarity curve), and a method passes
 when that score is below the midpoint between its randomisation baseline and 1.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -23,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from convlens._errors import ConvlensError
+from convlens._errors import ConvlensError, unknown_name_error
 from convlens._shown import Shown
 from convlens.attribution.methods import method_function
 from convlens.targets import Target, select_targets
@@ -80,6 +83,54 @@ def randomisable_layers(model: nn.Module) -> list[str]:
     return found[::-1]
 
 
+def layer_blocks(model: nn.Module, boundaries: Sequence[str]) -> list[list[str]]:
+    """`randomisable_layers` grouped into blocks, from the output down: the layers after the
+    last boundary (the head), then for each boundary from the top the layers up to its output
+    (inside it too: a ResNet stage's convolutions and batch norms). Registration order stands
+    for the order the layers run in.
+
+    Example:
+        >>> layer_blocks(torchvision.models.resnet18(), ["maxpool", "layer1", "layer2"])[:2]  # doctest: +SKIP
+        [['fc', 'layer4.1.bn2', ...], ['layer2.1.bn2', ...]]
+    """
+    names = [name for name, _ in model.named_modules()]
+    place = {name: index for index, name in enumerate(names)}
+    ends = []
+    for boundary in boundaries:
+        if boundary not in place:
+            raise unknown_name_error("layer", boundary, names[1:])
+        inside = (n for n in names if n == boundary or n.startswith(f"{boundary}."))
+        ends.append(max(place[n] for n in inside))
+    ends.sort()
+    blocks: list[list[str]] = [[] for _ in range(len(ends) + 1)]
+    for layer in randomisable_layers(model):
+        blocks[bisect_left(ends, place[layer])].append(layer)
+    return [block for block in reversed(blocks) if block]
+
+
+def _label(block: Sequence[str]) -> str:
+    """A step's name: its layer, the layers' common prefix ("layer4"), or the names joined."""
+    prefix = []
+    for parts in zip(*(name.split(".") for name in block)):
+        if len(set(parts)) > 1:
+            break
+        prefix.append(parts[0])
+    return ".".join(prefix) if prefix else "+".join(reversed(block))
+
+
+def _steps(layers: list[str], blocks: Sequence[Sequence[str]] | None) -> list[list[str]]:
+    """The layers re-initialised at each step: `blocks` (checked), or one layer a step."""
+    if blocks is None:
+        return [[layer] for layer in layers]
+    for block in blocks:
+        for name in block:
+            if name not in layers:
+                raise unknown_name_error("randomisable layer", name, layers)
+    if not blocks or not all(blocks):
+        raise ValueError("blocks must be non-empty lists of layer names")
+    return [list(block) for block in blocks]
+
+
 def _named(methods: Sequence[Method]) -> dict[str, Callable[..., torch.Tensor]]:
     named = {}
     for method in methods:
@@ -132,9 +183,11 @@ def randomisation_test(
     order: str = "cascade",
     seed: int = 0,
     keep: int = 4,
+    blocks: Sequence[Sequence[str]] | None = None,
 ) -> Randomisation:
     """Adebayo et al.'s model randomisation test of `methods` (names of
-    `convlens.attribution.METHODS` or callables `(model, images, target) -> maps`).
+    `convlens.attribution.METHODS` or callables `(model, images, target) -> maps`), one layer
+    a step or, with `blocks` (from the output down, as `layer_blocks` gives them), one block.
 
     Example:
         >>> found = randomisation_test(model, images, labels, ["gradient", "guided"])  # doctest: +SKIP
@@ -149,22 +202,24 @@ def randomisation_test(
     layers = randomisable_layers(work)
     if not layers:
         raise ConvlensError("the model has no layer with parameters and reset_parameters")
+    steps = _steps(layers, blocks)
     original = _maps(named, work, images, target)
     reference = {name: features(maps) for name, maps in original.items()}
     kept = {name: [maps[:keep]] for name, maps in original.items()}
     curves: dict[str, dict[str, list]] = {name: {m: [] for m in METRICS} for name in named}
     saved = copy.deepcopy(work.state_dict())
-    for step, layer in enumerate(layers):
+    for block in steps:
         if order == "independent":
             work.load_state_dict(saved)
-        _reset(work.get_submodule(layer), seed + step)
+        for layer in block:
+            _reset(work.get_submodule(layer), seed + layers.index(layer))
         for name, maps in _maps(named, work, images, target).items():
             kept[name].append(maps[:keep])
             for metric, values in compare(reference[name], features(maps)).items():
                 curves[name][metric].append(values)
     return Randomisation(
         order=order,
-        steps=layers,
+        steps=[_label(block) for block in steps],
         similarity={n: {m: np.stack(v) for m, v in c.items()} for n, c in curves.items()},
         baseline={name: baseline(found) for name, found in reference.items()},
         maps={name: torch.stack(values) for name, values in kept.items()},
