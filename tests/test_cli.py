@@ -296,8 +296,8 @@ def test_trust_writes_the_table_figures_and_numbers_of_the_library(cache, tmp_pa
     blocks = ["trust", "--n", "2", "--methods", "gradient", "--steps", "2", "--blocks"]
     assert main([*blocks, "--out", str(out)]) == 0
     by_block = json.loads((out / "trust.json").read_text())["steps"]
-    top_down = ["classifier", "features.12", "features.10", "features.8", "features.4"]
-    assert by_block == [*top_down, "features.0"]
+    top_down = ["classifier", "features.13", "features.11", "features.9", "features.5"]
+    assert by_block == [*top_down, "features.1"]
 
 
 def test_attribute_channels_prints_and_draws_the_maps_behind_the_decision(cache, tmp_path, capsys):

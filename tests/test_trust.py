@@ -69,17 +69,19 @@ def test_deletion_and_insertion_follow_the_analytic_curve_of_a_linear_model(kind
     torch.testing.assert_close(again.curve, found.curve)
 
 
-def test_faithfulness_of_several_maps_follows_the_analytic_curves():
+@pytest.mark.parametrize("steps", [6, 1])
+def test_faithfulness_of_several_maps_follows_the_analytic_curves(steps):
     torch.manual_seed(4)
     weight = torch.randn(1, 1, 5, 4) * 0.5
     images = torch.randn(3, 1, 5, 4)
     maps = {"signal": (weight * images)[:, 0], "noise": torch.rand(3, 5, 4)}
+    model = Linear2(weight)
     found = cl.faithfulness(
-        Linear2(weight),
+        model,
         images,
         0,
         maps,
-        steps=6,
+        steps,
         deletion_baseline=-0.5,
         insertion_baseline=0.75,
         batch_size=4,
@@ -87,11 +89,13 @@ def test_faithfulness_of_several_maps_follows_the_analytic_curves():
     for kind, baseline in (("deletion", -0.5), ("insertion", 0.75)):
         for name, attribution in maps.items():
             for n in range(3):
-                expected = analytic(weight, images[n], attribution[n], 6, kind, baseline)
+                expected = analytic(weight, images[n], attribution[n], steps, kind, baseline)
                 torch.testing.assert_close(
                     found[kind][name].curve[n], expected, atol=1e-6, rtol=1e-5
                 )
             assert found[kind][name].kind == kind
+    with pytest.raises(ValueError, match=r"\{name: attribution\} dict"):
+        cl.faithfulness(model, images, 0, maps["noise"])
 
 
 def test_soft_mask_scores_by_hand():
@@ -155,23 +159,27 @@ def test_blocks_group_a_resnet_by_stage_and_end_where_layer_by_layer_ends():
 
     resnet = torchvision.models.resnet18()
     blocks = layer_blocks(resnet, ["maxpool", "layer1", "layer2", "layer3", "layer4"])
-    assert [block[0].split(".")[0] for block in blocks] == [
-        "fc",
-        "layer4",
-        "layer3",
-        "layer2",
-        "layer1",
-        "bn1",
-    ]
-    assert all(name.startswith(block[0].split(".")[0]) for block in blocks[1:5] for name in block)
-    assert sorted(name for block in blocks for name in block) == sorted(randomisable_layers(resnet))
+    assert list(blocks) == ["fc", "layer4", "layer3", "layer2", "layer1", "maxpool"]
+    assert blocks["maxpool"] == ["bn1", "conv1"] and blocks["fc"] == ["fc"]
+    for stage in ("layer1", "layer2", "layer3", "layer4"):
+        assert all(name.startswith(f"{stage}.") for name in blocks[stage])
+    every = sorted(name for block in blocks.values() for name in block)
+    assert every == sorted(randomisable_layers(resnet))
+    alexnet = layer_blocks(torchvision.models.alexnet(), ["features.1", "features.11"])
+    assert alexnet == {
+        "classifier": ["classifier.6", "classifier.4", "classifier.1"],
+        "features.11": ["features.10", "features.8", "features.6", "features.3"],
+        "features.1": ["features.0"],
+    }
     torch.manual_seed(0)
     model, images = TinyResNet().eval(), torch.randn(4, 2, 16, 16)
     grouped = layer_blocks(model, ["pool", "conv2"])
-    assert grouped == [["head", "conv3", "down"], ["conv2", "conv1"], ["stem"]]
+    assert grouped == {"head": ["head", "conv3", "down"], "conv2": ["conv2", "conv1"]} | {
+        "pool": ["stem"]
+    }
     one_by_one = cl.randomisation_test(model, images, [0, 1, 2, 0], ["gradient"])
     by_block = cl.randomisation_test(model, images, [0, 1, 2, 0], ["gradient"], blocks=grouped)
-    assert by_block.steps == ["down+conv3+head", "conv1+conv2", "stem"]
+    assert by_block.steps == ["head", "conv2", "pool"]
     for metric in ("spearman_abs", "ssim"):  # the same fully random model at the end
         last = by_block.similarity["gradient"][metric][-1]
         assert last == pytest.approx(one_by_one.similarity["gradient"][metric][-1])
@@ -179,7 +187,16 @@ def test_blocks_group_a_resnet_by_stage_and_end_where_layer_by_layer_ends():
         one_by_one.similarity["gradient"]["spearman"][2]  # head, conv3 and down, both ways
     )
     with pytest.raises(cl.ConvlensError, match="conv3"):
-        cl.randomisation_test(model, images, 0, ["gradient"], blocks=[["conv33"]])
+        cl.randomisation_test(model, images, 0, ["gradient"], blocks={"top": ["conv33"]})
+    for bad, message in (
+        (["conv3"], "must map each step's name"),
+        ({"top": "conv3"}, "non-empty list of layer names"),
+        ({"a": ["conv3"], "b": ["conv3", "head"]}, "in two blocks"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            cl.randomisation_test(model, images, 0, ["gradient"], blocks=bad)
+    with pytest.raises(ValueError, match="list of layer names"):
+        layer_blocks(model, "pool")
 
 
 def test_similarity_of_a_map_with_itself_is_one_and_references_have_their_shapes():

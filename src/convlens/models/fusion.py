@@ -105,11 +105,11 @@ def _fold_pair(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
 
 
 def native_bfloat16(device: torch.device) -> bool:
-    """Whether `device` computes in bfloat16 in hardware (a CUDA GPU that supports it, a CPU with
-    AVX-512 BF16 or AMX), where autocast to bfloat16 is faster; elsewhere it is emulated and
-    slower than float32."""
+    """Whether `device` computes in bfloat16 in hardware (a CUDA GPU of compute capability 8 or
+    more, a CPU with AVX-512 BF16 or AMX), where autocast to bfloat16 is faster; elsewhere it is
+    emulated and slower than float32."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
+        return torch.cuda.get_device_capability(device)[0] >= 8
     if device.type != "cpu":
         return False
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own checks

@@ -4,7 +4,7 @@ insertion, Average Drop, Increase in Confidence)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -15,7 +15,7 @@ from convlens.attribution.methods import method_function
 from convlens.hooks import model_device
 from convlens.targets import Target
 from convlens.trust.faithfulness import Curve, SoftMask, faithfulness, soft_mask
-from convlens.trust.randomisation import Randomisation, randomisation_test
+from convlens.trust.randomisation import Randomisation, check_blocks, randomisation_test
 from convlens.trust.reference import reference_maps
 
 TRUST_METHODS = ("gradient", "saliency", "deconvnet", "guided", "gradcam", "guided-gradcam", "ig")
@@ -74,7 +74,7 @@ def assess(
     *,
     steps: int = 32,
     seed: int = 0,
-    blocks: Sequence[Sequence[str]] | None = None,
+    blocks: Mapping[str, Sequence[str]] | None = None,
 ) -> Trust:
     """The sanity check and the faithfulness scores of `methods` on `images`, with the reference
     maps beside them (deletion to a zero baseline, insertion into a blurred copy, `steps` each);
@@ -85,6 +85,7 @@ def assess(
         >>> found.table()[0]["passes"]  # doctest: +SKIP
     """
     methods = list(methods)
+    check_blocks(model, blocks)
     maps = {name: method_function(name)(model, images, target) for name in methods}
     references = reference_maps(images, seed)
     maps |= references

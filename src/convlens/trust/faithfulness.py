@@ -10,6 +10,7 @@ trapezoid mean over [0, 1]. Every (image, step) pair goes through the model in b
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -92,9 +93,6 @@ def _check(images: torch.Tensor, attribution: torch.Tensor, steps: int, batch_si
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
 
 
-KINDS = ("deletion", "insertion")
-
-
 def _endpoint_probabilities(
     model: nn.Module, sources: torch.Tensor, classes: torch.Tensor, batch_size: int
 ) -> torch.Tensor:
@@ -114,45 +112,50 @@ def _curves(
     model: nn.Module,
     images: torch.Tensor,
     target: Target,
-    paths: list[tuple[torch.Tensor, str]],
-    steps: int,
+    attributions: list[torch.Tensor],
     baselines: dict[str, object],
+    steps: int,
     batch_size: int,
-) -> list[Curve]:
-    """A Curve per (attribution, kind) of `paths`. Step 0 and the last step of every path are
-    the image or a baseline whatever the map, so each of those goes through the model once;
-    the other (path, image, step) triples go through it `batch_size` at a time."""
+) -> dict[str, list[Curve]]:
+    """A Curve per kind of `baselines` ("deletion", "insertion": its baseline) and attribution.
+    Step 0 and the last step of every curve are the image or a baseline whatever the map, so
+    each goes through the model once; the other (kind, map, image, step) quadruples go through
+    it `batch_size` at a time. Each map is ranked once."""
     x = images.detach()
-    kinds = sorted({kind for _, kind in paths})
+    kinds = list(baselines)
     sources = torch.stack([x, *(make_baseline(x, baselines[kind]) for kind in kinds)])
-    taken = torch.tensor([0 if kind == "insertion" else 1 + kinds.index(kind) for _, kind in paths])
-    kept = torch.tensor([1 + kinds.index(kind) if kind == "insertion" else 0 for _, kind in paths])
-    ranks = torch.stack([_ranks(attribution) for attribution, _ in paths]).to(x.device)
-    pixels, count, side = ranks.shape[-1], len(x), x.shape[-2:]
+    own = torch.arange(1, len(kinds) + 1)  # each kind's baseline among the sources
+    taken = torch.where(torch.tensor([k == "insertion" for k in kinds]), 0, own)
+    kept = torch.where(taken == 0, own, 0)  # pixels not yet chosen
+    ranks = torch.stack([_ranks(a).to(torch.int32) for a in attributions]).to(x.device)
+    pixels, count, side, maps = ranks.shape[-1], len(x), x.shape[-2:], len(attributions)
     counts = torch.tensor([round(i * pixels / steps) for i in range(steps + 1)], device=x.device)
-    curves = torch.empty(len(paths), count, steps + 1)
-    inner = steps - 1  # steps 1 .. steps - 1 of each path and image
+    curves = torch.empty(len(kinds), maps, count, steps + 1)
+    inner = steps - 1  # steps 1 .. steps - 1 of each curve
+    total = len(kinds) * maps * count * inner
     with preserved_state(model, training=False, frozen=True), torch.inference_mode():
         classes = class_indices(target, count, model(as_input(x[:1], model)).shape[1]).to(x.device)
         ends = _endpoint_probabilities(model, sources, classes, batch_size)
-        curves[:, :, 0], curves[:, :, -1] = ends[kept], ends[taken]
-        for begin in range(0, len(paths) * count * inner, batch_size):
-            flat = torch.arange(begin, min(begin + batch_size, len(paths) * count * inner))
-            path, image, step = flat // (count * inner), flat // inner % count, flat % inner + 1
-            chosen = (ranks[path, image] < counts[step][:, None]).view(-1, 1, *side)
-            mixed = torch.where(chosen, sources[taken[path], image], sources[kept[path], image])
-            curves[path, image, step] = _probabilities(model, mixed, classes, image.to(x.device))
-    return [
-        Curve(c, (c.sum(1) - (c[:, 0] + c[:, -1]) / 2) / steps, kind)
-        for c, (_, kind) in zip(curves, paths)
-    ]
+        curves[..., 0], curves[..., -1] = ends[kept][:, None], ends[taken][:, None]
+        for begin in range(0, total, batch_size):
+            flat = torch.arange(begin, min(begin + batch_size, total))
+            kind, rest = flat // (maps * count * inner), flat % (maps * count * inner)
+            map_, image, step = rest // (count * inner), rest // inner % count, rest % inner + 1
+            chosen = (ranks[map_, image] < counts[step][:, None]).view(-1, 1, *side)
+            mixed = torch.where(chosen, sources[taken[kind], image], sources[kept[kind], image])
+            found = _probabilities(model, mixed, classes, image.to(x.device))
+            curves[kind, map_, image, step] = found
+    return {
+        name: [Curve(c.clone(), (c.sum(1) - (c[:, 0] + c[:, -1]) / 2) / steps, name) for c in of]
+        for name, of in zip(kinds, curves)
+    }
 
 
 def faithfulness(
     model: nn.Module,
     images: torch.Tensor,
     target: Target,
-    maps: dict[str, torch.Tensor],
+    maps: Mapping[str, torch.Tensor],
     steps: int = 32,
     *,
     deletion_baseline: object = 0.0,
@@ -168,14 +171,16 @@ def faithfulness(
         >>> curves = faithfulness(model, images, 3, {"saliency": cl.saliency(model, images, 3)})  # doctest: +SKIP
         >>> curves["deletion"]["saliency"].auc  # doctest: +SKIP
     """
+    if not isinstance(maps, Mapping) or not maps:
+        raise ValueError(
+            "maps must be a non-empty {name: attribution} dict; for one map use deletion or "
+            "insertion"
+        )
     for attribution in maps.values():
         _check(images, attribution, steps, batch_size)
-    if not maps:
-        raise ValueError("give at least one map")
-    paths = [(attribution, kind) for kind in KINDS for attribution in maps.values()]
     baselines = {"deletion": deletion_baseline, "insertion": insertion_baseline}
-    found = iter(_curves(model, images, target, paths, steps, baselines, batch_size))
-    return {kind: {name: next(found) for name in maps} for kind in KINDS}
+    found = _curves(model, images, target, list(maps.values()), baselines, steps, batch_size)
+    return {kind: dict(zip(maps, curves)) for kind, curves in found.items()}
 
 
 def deletion(
@@ -195,8 +200,10 @@ def deletion(
         >>> deletion(model, images, 3, cl.saliency(model, images, 3)).auc  # doctest: +SKIP
     """
     _check(images, attribution, steps, batch_size)
-    paths = [(attribution, "deletion")]
-    return _curves(model, images, target, paths, steps, {"deletion": baseline}, batch_size)[0]
+    baselines = {"deletion": baseline}
+    return _curves(model, images, target, [attribution], baselines, steps, batch_size)["deletion"][
+        0
+    ]
 
 
 def insertion(
@@ -212,8 +219,10 @@ def insertion(
     `baseline` (default: a blurred copy, as Petsiuk et al.): a faithful map makes it rise fast
     (high `auc`)."""
     _check(images, attribution, steps, batch_size)
-    paths = [(attribution, "insertion")]
-    return _curves(model, images, target, paths, steps, {"insertion": baseline}, batch_size)[0]
+    baselines = {"insertion": baseline}
+    return _curves(model, images, target, [attribution], baselines, steps, batch_size)["insertion"][
+        0
+    ]
 
 
 def soft_mask(

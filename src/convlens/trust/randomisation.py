@@ -8,7 +8,7 @@ re-initialised from the output down, each with its own default initialisation un
 "cascade" keeps the layers above randomised as it goes down, "independent" randomises one layer
 at a time. A step is one layer, or one block of layers (`layer_blocks`: a ResNet stage at a
 time, as Adebayo et al. randomised Inception v3 block by block); each layer's seed is the same
-either way. At each step every method's maps are compared with the original ones
+either way, so blocks that cover every layer end on the same random model. At each step every method's maps are compared with the original ones
 (`convlens.trust.similarity`); the summary score is the mean Spearman rank correlation of
 |map| over all steps and images (the area under the similarity curve), and a method passes
 when that score is below the midpoint between its randomisation baseline and 1.
@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import warnings
 from bisect import bisect_left
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,10 +58,11 @@ class Verdicts(Shown):
 
 @dataclass(frozen=True)
 class Randomisation(Verdicts):
-    """`steps` the layers in the order randomised; `similarity[method][metric]` (len(steps), N)
-    each image's similarity to its original map after each step; `baseline[method][metric]`
-    the mean similarity between maps of different images of the unchanged model; `maps[method]`
-    (len(steps) + 1, K, ...) the first K images' maps, original first."""
+    """`steps` the names of the steps (layers, or blocks) in the order randomised;
+    `similarity[method][metric]` (len(steps), N) each image's similarity to its original map
+    after each step; `baseline[method][metric]` the mean similarity between maps of different
+    images of the unchanged model; `maps[method]` (len(steps) + 1, K, ...) the first K images'
+    maps, original first."""
 
     order: str
     steps: list[str]
@@ -83,52 +84,72 @@ def randomisable_layers(model: nn.Module) -> list[str]:
     return found[::-1]
 
 
-def layer_blocks(model: nn.Module, boundaries: Sequence[str]) -> list[list[str]]:
-    """`randomisable_layers` grouped into blocks, from the output down: the layers after the
-    last boundary (the head), then for each boundary from the top the layers up to its output
-    (inside it too: a ResNet stage's convolutions and batch norms). Registration order stands
-    for the order the layers run in.
+def layer_blocks(model: nn.Module, boundaries: Sequence[str]) -> dict[str, list[str]]:
+    """`randomisable_layers` grouped into blocks, from the output down, each named: the layers
+    after the last boundary (the head, named by their common prefix, or "head"), then for each
+    boundary from the top, named after it, the layers up to its output (inside it too: a ResNet
+    stage's convolutions and batch norms). Registration order stands for the order the layers
+    run in; a boundary with no layer of its own gets no block.
 
     Example:
-        >>> layer_blocks(torchvision.models.resnet18(), ["maxpool", "layer1", "layer2"])[:2]  # doctest: +SKIP
-        [['fc', 'layer4.1.bn2', ...], ['layer2.1.bn2', ...]]
+        >>> list(layer_blocks(torchvision.models.resnet18(), ["maxpool", "layer1", "layer4"]))  # doctest: +SKIP
+        ['fc', 'layer4', 'layer1', 'maxpool']
     """
+    if isinstance(boundaries, str) or not boundaries:
+        raise ValueError(f"boundaries must be a list of layer names, got {boundaries!r}")
     names = [name for name, _ in model.named_modules()]
-    place = {name: index for index, name in enumerate(names)}
-    ends = []
-    for boundary in boundaries:
+    place = {name: index for index, name in enumerate(names) if name}
+    ends = {}
+    for boundary in dict.fromkeys(boundaries):
         if boundary not in place:
-            raise unknown_name_error("layer", boundary, names[1:])
-        inside = (n for n in names if n == boundary or n.startswith(f"{boundary}."))
-        ends.append(max(place[n] for n in inside))
-    ends.sort()
-    blocks: list[list[str]] = [[] for _ in range(len(ends) + 1)]
+            raise unknown_name_error("layer", boundary, list(place))
+        inside = (n for n in place if n == boundary or n.startswith(f"{boundary}."))
+        ends[boundary] = max(place[n] for n in inside)
+    order = sorted(ends, key=ends.__getitem__)
+    cuts = [ends[boundary] for boundary in order]
+    grouped: list[list[str]] = [[] for _ in range(len(order) + 1)]
     for layer in randomisable_layers(model):
-        blocks[bisect_left(ends, place[layer])].append(layer)
-    return [block for block in reversed(blocks) if block]
+        grouped[bisect_left(cuts, place[layer])].append(layer)
+    head = _common_prefix(grouped[-1])
+    labels = [*order, head if head and head not in ends else "head"]
+    return {label: block for label, block in reversed(list(zip(labels, grouped))) if block}
 
 
-def _label(block: Sequence[str]) -> str:
-    """A step's name: its layer, the layers' common prefix ("layer4"), or the names joined."""
+def _common_prefix(names: Sequence[str]) -> str:
+    """The dotted prefix every name shares ("classifier" of classifier.1 and classifier.4)."""
     prefix = []
-    for parts in zip(*(name.split(".") for name in block)):
+    for parts in zip(*(name.split(".") for name in names)):
         if len(set(parts)) > 1:
             break
         prefix.append(parts[0])
-    return ".".join(prefix) if prefix else "+".join(reversed(block))
+    return ".".join(prefix)
 
 
-def _steps(layers: list[str], blocks: Sequence[Sequence[str]] | None) -> list[list[str]]:
-    """The layers re-initialised at each step: `blocks` (checked), or one layer a step."""
+def _steps(
+    layers: list[str], blocks: Mapping[str, Sequence[str]] | None
+) -> list[tuple[str, list[str]]]:
+    """Each step's name and the layers it re-initialises: `blocks` (checked), or one layer a
+    step."""
     if blocks is None:
-        return [[layer] for layer in layers]
-    for block in blocks:
+        return [(layer, [layer]) for layer in layers]
+    if not isinstance(blocks, Mapping) or not blocks:
+        raise ValueError("blocks must map each step's name to its layers, as layer_blocks does")
+    seen: set[str] = set()
+    for label, block in blocks.items():
+        if isinstance(block, str) or not block:
+            raise ValueError(f"block {label!r} must be a non-empty list of layer names")
         for name in block:
             if name not in layers:
                 raise unknown_name_error("randomisable layer", name, layers)
-    if not blocks or not all(blocks):
-        raise ValueError("blocks must be non-empty lists of layer names")
-    return [list(block) for block in blocks]
+            if name in seen:
+                raise ValueError(f"layer {name!r} is in two blocks; give each layer one block")
+            seen.add(name)
+    return [(label, list(block)) for label, block in blocks.items()]
+
+
+def check_blocks(model: nn.Module, blocks: Mapping[str, Sequence[str]] | None) -> None:
+    """Refuse `blocks` that `randomisation_test` would refuse, before any map is made."""
+    _steps(randomisable_layers(model), blocks)
 
 
 def _named(methods: Sequence[Method]) -> dict[str, Callable[..., torch.Tensor]]:
@@ -183,11 +204,12 @@ def randomisation_test(
     order: str = "cascade",
     seed: int = 0,
     keep: int = 4,
-    blocks: Sequence[Sequence[str]] | None = None,
+    blocks: Mapping[str, Sequence[str]] | None = None,
 ) -> Randomisation:
     """Adebayo et al.'s model randomisation test of `methods` (names of
     `convlens.attribution.METHODS` or callables `(model, images, target) -> maps`), one layer
-    a step or, with `blocks` (from the output down, as `layer_blocks` gives them), one block.
+    a step or, with `blocks` (step name → layers, from the output down, as `layer_blocks`
+    gives them), one block a step; layers in no block keep their weights.
 
     Example:
         >>> found = randomisation_test(model, images, labels, ["gradient", "guided"])  # doctest: +SKIP
@@ -208,7 +230,7 @@ def randomisation_test(
     kept = {name: [maps[:keep]] for name, maps in original.items()}
     curves: dict[str, dict[str, list]] = {name: {m: [] for m in METRICS} for name in named}
     saved = copy.deepcopy(work.state_dict())
-    for block in steps:
+    for _, block in steps:
         if order == "independent":
             work.load_state_dict(saved)
         for layer in block:
@@ -219,7 +241,7 @@ def randomisation_test(
                 curves[name][metric].append(values)
     return Randomisation(
         order=order,
-        steps=[_label(block) for block in steps],
+        steps=[label for label, _ in steps],
         similarity={n: {m: np.stack(v) for m, v in c.items()} for n, c in curves.items()},
         baseline={name: baseline(found) for name, found in reference.items()},
         maps={name: torch.stack(values) for name, values in kept.items()},
