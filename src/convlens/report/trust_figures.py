@@ -59,9 +59,7 @@ def similarity_figure(found: Randomisation) -> np.ndarray:
     panels = []
     for metric in ("spearman_abs", "spearman", "ssim", "hog"):
         lines = np.stack([found.similarity[m][metric].mean(1) for m in methods])
-        chart = charts.line_plot(
-            steps, lines, "", "steps randomised", names=methods
-        )
+        chart = charts.line_plot(steps, lines, "", "steps randomised", names=methods)
         panels.append((metric, chart))
     return render.panel_row(panels)
 
