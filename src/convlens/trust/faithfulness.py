@@ -151,6 +151,22 @@ def _curves(
     }
 
 
+def _one(
+    kind: str,
+    model: nn.Module,
+    images: torch.Tensor,
+    target: Target,
+    attribution: torch.Tensor,
+    steps: int,
+    baseline: object,
+    batch_size: int,
+) -> Curve:
+    """The `kind` curve of one attribution, its inputs checked first."""
+    _check(images, attribution, steps, batch_size)
+    found = _curves(model, images, target, [attribution], {kind: baseline}, steps, batch_size)
+    return found[kind][0]
+
+
 def faithfulness(
     model: nn.Module,
     images: torch.Tensor,
@@ -199,11 +215,7 @@ def deletion(
     Example:
         >>> deletion(model, images, 3, cl.saliency(model, images, 3)).auc  # doctest: +SKIP
     """
-    _check(images, attribution, steps, batch_size)
-    baselines = {"deletion": baseline}
-    return _curves(model, images, target, [attribution], baselines, steps, batch_size)["deletion"][
-        0
-    ]
+    return _one("deletion", model, images, target, attribution, steps, baseline, batch_size)
 
 
 def insertion(
@@ -218,11 +230,7 @@ def insertion(
     """The target's probability as the most attributed pixels are copied from the image into
     `baseline` (default: a blurred copy, as Petsiuk et al.): a faithful map makes it rise fast
     (high `auc`)."""
-    _check(images, attribution, steps, batch_size)
-    baselines = {"insertion": baseline}
-    return _curves(model, images, target, [attribution], baselines, steps, batch_size)["insertion"][
-        0
-    ]
+    return _one("insertion", model, images, target, attribution, steps, baseline, batch_size)
 
 
 def soft_mask(
