@@ -29,6 +29,7 @@ from torch import nn
 from convlens._errors import ConvlensError, unknown_name_error
 from convlens._shown import Shown
 from convlens.attribution.methods import method_function
+from convlens.hooks import resolve_layer
 from convlens.targets import Target, select_targets
 from convlens.trust.similarity import METRICS, baseline, compare, features
 
@@ -101,8 +102,7 @@ def layer_blocks(model: nn.Module, boundaries: Sequence[str]) -> dict[str, list[
     place = {name: index for index, name in enumerate(names) if name}
     ends = {}
     for boundary in dict.fromkeys(boundaries):
-        if boundary not in place:
-            raise unknown_name_error("layer", boundary, list(place))
+        resolve_layer(model, boundary)  # an unknown name stops here, with the close ones
         inside = (n for n in place if n == boundary or n.startswith(f"{boundary}."))
         ends[boundary] = max(place[n] for n in inside)
     order = sorted(ends, key=ends.__getitem__)

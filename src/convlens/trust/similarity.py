@@ -16,6 +16,8 @@ import torch
 from skimage.feature import hog
 from skimage.metrics import structural_similarity
 
+from convlens.attribution.score import unit_scaled
+
 METRICS = ("spearman_abs", "spearman", "ssim", "hog")
 
 
@@ -73,13 +75,6 @@ def _standardised(rows: np.ndarray) -> np.ndarray:
     return np.where(length > 0, centred / np.where(length > 0, length, 1.0), 0.0)
 
 
-def _unit_range(maps: np.ndarray) -> np.ndarray:
-    """Each (H, W) map scaled to [0, 1] (0 where constant)."""
-    low = maps.min((1, 2), keepdims=True)
-    span = maps.max((1, 2), keepdims=True) - low
-    return np.where(span > 0, (maps - low) / np.where(span > 0, span, 1.0), 0.0)
-
-
 def _hog(image: np.ndarray) -> np.ndarray:
     """HOG features of a [0, 1] map: 9 orientations, cells of an eighth of the side (at least 2
     pixels), 2x2 blocks."""
@@ -90,7 +85,7 @@ def _hog(image: np.ndarray) -> np.ndarray:
 def features(maps: torch.Tensor) -> Features:
     """What the metrics compare of each of `maps` ((N, H, W) or (N, C, H, W))."""
     signed, magnitude = reduce_map(maps, False), reduce_map(maps, True)
-    unit = _unit_range(magnitude)
+    unit = unit_scaled(torch.from_numpy(magnitude)).numpy()
     return Features(
         ranks_abs=_standardised(average_ranks(magnitude.reshape(len(maps), -1))),
         ranks=_standardised(average_ranks(signed.reshape(len(maps), -1))),
