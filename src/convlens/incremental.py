@@ -10,58 +10,23 @@ the plain forward instead.
 
 from __future__ import annotations
 
-import operator
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from convlens.normalization import LocalResponseNorm
-
-POINTWISE_MODULES = (
-    nn.BatchNorm2d,
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.PReLU,
-    nn.ELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Mish,
-    nn.Sigmoid,
-    nn.Tanh,
-    nn.Hardswish,
-    nn.Hardsigmoid,
-    nn.Hardtanh,
-    nn.Identity,
-    nn.Dropout,
-    nn.Dropout2d,
-    nn.LocalResponseNorm,  # across channels at one position
+from convlens.locality import (
+    Untraceable,
+    Window,
+    apply_node,
+    binary_node,
+    output_node,
+    pointwise_module,
+    pointwise_node,
+    traced,
+    window_of,
 )
-TRAINING_DEPENDENT = (nn.BatchNorm2d, nn.Dropout, nn.Dropout2d)
-POINTWISE_FUNCTIONS = {
-    torch.relu,
-    torch.relu_,
-    F.relu,
-    F.relu6,
-    F.leaky_relu,
-    F.gelu,
-    F.silu,
-    F.hardswish,
-    F.hardsigmoid,
-    torch.sigmoid,
-    torch.tanh,
-}
-POINTWISE_METHODS = {"relu", "relu_", "sigmoid", "tanh", "sigmoid_", "tanh_"}
-BINARY_FUNCTIONS = {operator.add, operator.iadd, operator.mul, operator.imul, operator.sub}
-BINARY_FUNCTIONS |= {torch.add, torch.mul, torch.sub}
-BINARY_METHODS = {"add", "add_", "mul", "mul_", "sub", "sub_"}
-
-
-class Untraceable(Exception):
-    """The model cannot be run incrementally (torch.fx could not trace it)."""
 
 
 @dataclass
@@ -135,67 +100,7 @@ def _affected(
     return low.clamp(max=out_length - length), length
 
 
-@dataclass(frozen=True)
-class _Window:
-    """A local op with a sliding window: its geometry per axis and how to run it unpadded."""
-
-    kernel: tuple[int, int]
-    stride: tuple[int, int]
-    pad: tuple[int, int]
-    dilation: tuple[int, int]
-    pad_value: float
-    run: Callable[[torch.Tensor], torch.Tensor]
-
-
-def _pair(value) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else tuple(value)
-
-
-def _window(module: nn.Module) -> _Window | None:
-    """The window of a conv or pooling module, None for any other (or an unsupported variant)."""
-    if type(module) is nn.Conv2d and module.padding_mode == "zeros":
-        if isinstance(module.padding, str):
-            return None
-        return _Window(
-            module.kernel_size,
-            module.stride,
-            module.padding,
-            module.dilation,
-            0.0,
-            lambda x: F.conv2d(
-                x, module.weight, module.bias, module.stride, 0, module.dilation, module.groups
-            ),
-        )
-    if type(module) is nn.MaxPool2d and not module.ceil_mode and not module.return_indices:
-        kernel, stride = _pair(module.kernel_size), _pair(module.stride or module.kernel_size)
-        dilation = _pair(module.dilation)
-        return _Window(
-            kernel,
-            stride,
-            _pair(module.padding),
-            dilation,
-            float("-inf"),
-            lambda x: F.max_pool2d(x, kernel, stride, 0, dilation),
-        )
-    if (
-        type(module) is nn.AvgPool2d
-        and not module.ceil_mode
-        and module.divisor_override is None
-        and (module.count_include_pad or _pair(module.padding) == (0, 0))
-    ):
-        kernel, stride = _pair(module.kernel_size), _pair(module.stride or module.kernel_size)
-        return _Window(
-            kernel,
-            stride,
-            _pair(module.padding),
-            (1, 1),
-            0.0,
-            lambda x: F.avg_pool2d(x, kernel, stride, 0),
-        )
-    return None
-
-
-def _slide(window: _Window, patch: Patch, base_out: torch.Tensor) -> Patch:
+def _slide(window: Window, patch: Patch, base_out: torch.Tensor) -> Patch:
     """The op's output over the region its patched input can change."""
     origins, sizes = [], []
     for axis, start in enumerate((patch.y, patch.x)):
@@ -288,60 +193,32 @@ class _IncrementalInterpreter(fx.Interpreter):
         patch = args[0]
         if node.op == "call_module":
             module = self.owner.module.get_submodule(node.target)
-            window = _window(module)
+            window = window_of(module)
             if window is not None and len(args) == 1 and not kwargs:
                 return _slide(window, patch, base_out)
-            if _pointwise(module) and len(args) == 1 and not kwargs:
+            if pointwise_module(module) and len(args) == 1 and not kwargs:
                 return Patch(module(patch.data.clone()), patch.y, patch.x, base_out)
             return None
-        pointwise = (node.op == "call_function" and node.target in POINTWISE_FUNCTIONS) or (
-            node.op == "call_method" and node.target in POINTWISE_METHODS
-        )
-        binary = (node.op == "call_function" and node.target in BINARY_FUNCTIONS) or (
-            node.op == "call_method" and node.target in BINARY_METHODS
-        )
+        pointwise, binary = pointwise_node(self.owner.module, node), binary_node(node)
         tensors = (Patch, torch.Tensor)
         if pointwise and not any(isinstance(a, tensors) for a in (*args[1:], *kwargs.values())):
             return Patch(
-                _apply(node, patch.data.clone(), args[1:], kwargs), patch.y, patch.x, base_out
+                apply_node(node, patch.data.clone(), args[1:], kwargs), patch.y, patch.x, base_out
             )
         if binary and len(args) == 2 and not kwargs:
             other = args[1]
             if isinstance(other, (int, float)):
                 return Patch(
-                    _apply(node, patch.data.clone(), (other,), {}), patch.y, patch.x, base_out
+                    apply_node(node, patch.data.clone(), (other,), {}), patch.y, patch.x, base_out
                 )
             if isinstance(other, Patch) and other.base.shape == patch.base.shape:
                 first, second, (y, x) = _union(patch, other)
-                return Patch(_apply(node, first, (second,), {}), y, x, base_out)
+                return Patch(apply_node(node, first, (second,), {}), y, x, base_out)
         return None
-
-
-def _pointwise(module: nn.Module) -> bool:
-    """A module acting on each position alone (batch norm and dropout only in eval mode)."""
-    if isinstance(module, TRAINING_DEPENDENT):
-        return not module.training
-    return isinstance(module, POINTWISE_MODULES)
-
-
-def _apply(node: fx.Node, tensor: torch.Tensor, rest: tuple, kwargs: dict) -> torch.Tensor:
-    if node.op == "call_method":
-        return getattr(tensor, node.target)(*rest, **kwargs)
-    return node.target(tensor, *rest, **kwargs)
 
 
 def _whole(value: object) -> object:
     return value.full() if isinstance(value, Patch) else value
-
-
-class _Tracer(fx.Tracer):
-    """fx's tracer, keeping a local response normalisation (torch's or convlens's forward, in
-    any subclass) as one module call, so that it is recomputed as one local module; a subclass
-    with a forward of its own is traced into, as any user module."""
-
-    def is_leaf_module(self, module: nn.Module, name: str) -> bool:
-        lrn = type(module).forward in (nn.LocalResponseNorm.forward, LocalResponseNorm.forward)
-        return lrn or super().is_leaf_module(module, name)
 
 
 class IncrementalForward:
@@ -357,11 +234,8 @@ class IncrementalForward:
     """
 
     def __init__(self, model: nn.Module, layer: str | None = None) -> None:
-        try:
-            self.module = fx.GraphModule(model, _Tracer().trace(model))
-        except Exception as error:  # fx raises many kinds for control flow it cannot follow
-            raise Untraceable(f"torch.fx could not trace the model: {error}") from error
-        self.layer_node = _output_node(self.module, layer) if layer else None
+        self.module = traced(model)
+        self.layer_node = output_node(self.module, layer) if layer else None
         self.base_outputs: dict[str, object] = {}
 
     def set_base(self, base: torch.Tensor) -> None:
@@ -377,16 +251,3 @@ class IncrementalForward:
         interpreter = _IncrementalInterpreter(self)
         output = _whole(interpreter.run(patch))
         return output, interpreter.captured
-
-
-def _output_node(module: fx.GraphModule, layer: str) -> fx.Node:
-    """The last node computed inside module `layer` (its output)."""
-    inside = [
-        node
-        for node in module.graph.nodes
-        if any(path.split("@")[0] == layer for path in node.meta.get("nn_module_stack", {}))
-        or (node.op == "call_module" and node.target == layer)
-    ]
-    if not inside:
-        raise Untraceable(f"layer {layer!r} has no node in the traced graph")
-    return inside[-1]

@@ -1,0 +1,137 @@
+"""The cone forward against the plain forward's whole map at the same position."""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import pytest
+import torch
+import torchvision
+from conftest import TinyResNet, batchnorm_net, random_builtin, small_sequential
+from torch import nn
+
+import convlens.synthesis.units as units
+from convlens.cone import Cone
+from convlens.hooks import capture
+from convlens.locality import Untraceable
+from convlens.models.zoo import BUILTIN_MODELS
+
+
+class Excitation(nn.Module):
+    """A squeeze-and-excitation block between two convs: a global pool (not local) scaling a
+    map through a broadcast multiply."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, padding=1)
+        self.squeeze = nn.Conv2d(4, 4, 1)
+        self.out = nn.Conv2d(4, 3, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv(x))
+        scale = torch.sigmoid(self.squeeze(nn.functional.adaptive_avg_pool2d(x, 1)))
+        return self.out(x * scale)
+
+
+MODELS = {
+    "sequential": (lambda: small_sequential(), 2, 23, "5"),
+    "resnet": (lambda: TinyResNet(), 2, 21, "conv3"),
+    "batchnorm": (lambda: batchnorm_net(), 2, 15, "4"),
+    "excitation": (lambda: Excitation(), 2, 17, "out"),
+    "torchvision-resnet18": (lambda: torchvision.models.resnet18(num_classes=7), 3, 64, "layer3"),
+    "builtin": (lambda: BUILTIN_MODELS["zfnet-fashion"].build(), 1, 28, "features.12"),
+}
+
+
+def positions(height: int, width: int) -> list[tuple[int, int]]:
+    """The corners (where the windows run into the padding) and the centre."""
+    return sorted(
+        {
+            (0, 0),
+            (0, width - 1),
+            (height - 1, 0),
+            (height - 1, width - 1),
+            (height // 2, width // 2),
+        }
+    )
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_the_cone_equals_the_whole_map_at_its_position_and_so_does_the_gradient(name):
+    make, channels, size, layer = MODELS[name]
+    torch.manual_seed(0)
+    model = make().eval()
+    images = torch.randn(3, channels, size, size, requires_grad=True)
+    with capture(model, [layer], detach=False, stop=True) as acts:
+        acts.forward(images)
+    whole = acts[layer]
+    for y, x in positions(*whole.shape[2:]):
+        expected = whole[:, :, y : y + 1, x : x + 1]
+        weights = torch.randn_like(expected)
+        (expected_grad,) = torch.autograd.grad(
+            (expected * weights).sum(), images, retain_graph=True
+        )
+        cone = Cone(model, layer, (channels, size, size), (y, x))
+        got = cone(images)
+        (grad,) = torch.autograd.grad((got * weights).sum(), images)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(grad, expected_grad, atol=1e-6, rtol=1e-5)
+
+
+def test_capture_records_the_cone_output_under_the_layer_name():
+    model = small_sequential().eval()
+    cone = Cone(model, "3", (2, 23, 23), (2, 2))
+    images = torch.randn(2, 2, 23, 23)
+    with capture(cone, ["3"]) as acts:
+        out = cone(images)
+    torch.testing.assert_close(acts["3"], out)
+    assert out.shape == (2, 4, 1, 1)
+
+
+def test_the_work_is_the_share_of_multiply_adds_over_the_cone():
+    """Two 3x3 convs (padding 1) on a 9x9 input, one position of the second: it reads a 3x3
+    box of the first conv's output, so the convs do 9 + 1 of 81 + 81 positions."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Conv2d(2, 2, 3, padding=1))
+    cone = Cone(model, "2", (1, 9, 9), (4, 4))
+    first, second = (model[i].weight.numel() for i in (0, 2))
+    assert cone.work == pytest.approx((9 * first + second) / (81 * first + 81 * second))
+
+
+class DataDependent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return y if y.sum() > 0 else -y  # control flow on values: fx cannot trace it
+
+
+def test_unit_images_run_the_model_itself_when_it_cannot_be_traced():
+    with pytest.raises(Untraceable, match=r"torch\.fx could not trace"):
+        Cone(DataDependent(), "conv", (1, 9, 9), (1, 1))
+    made, _ = units.synthesize_units(DataDependent(), "conv", [0, 1], steps=2)
+    assert made.images.shape == (2, 1, 3, 3)
+
+
+def plain_forward(*_args, **_kwargs):
+    raise Untraceable("the plain forward, for comparison")
+
+
+def test_unit_images_on_the_cone_equal_those_of_the_plain_forward():
+    """The first steps agree to float precision; later steps drift apart only as far as a
+    chaotic optimisation amplifies rounding, so the objectives reached stay close."""
+    loaded = random_builtin()
+    canvas = units.unit_canvas(loaded.model, "features.12", loaded.input_size)
+    runner, _ = units._runner(loaded.model, "features.12", (1, canvas.side, canvas.side), canvas)
+    assert isinstance(runner, Cone)  # 47 % of the work: the cone is what runs
+    made = {}
+    for runner in ("plain", "cone"):
+        with mock.patch.object(units, "Cone", plain_forward if runner == "plain" else Cone):
+            made[runner] = [
+                units.synthesize_units(loaded, "features.12", range(6), steps=steps, lr=0.1)[0]
+                for steps in (2, 48)
+            ]
+    torch.testing.assert_close(made["cone"][0].inputs, made["plain"][0].inputs, atol=1e-4, rtol=0)
+    reached = [made[runner][1].trace[-1] for runner in ("plain", "cone")]
+    torch.testing.assert_close(reached[1], reached[0], rtol=0.02, atol=0.0)
