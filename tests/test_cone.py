@@ -11,6 +11,7 @@ from conftest import TinyResNet, batchnorm_net, random_builtin, small_sequential
 from torch import nn
 
 import convlens.synthesis.units as units
+from convlens._errors import ConvlensError
 from convlens.cone import Cone
 from convlens.hooks import capture
 from convlens.locality import Untraceable
@@ -135,3 +136,20 @@ def test_unit_images_on_the_cone_equal_those_of_the_plain_forward():
     torch.testing.assert_close(made["cone"][0].inputs, made["plain"][0].inputs, atol=1e-4, rtol=0)
     reached = [made[runner][1].trace[-1] for runner in ("plain", "cone")]
     torch.testing.assert_close(reached[1], reached[0], rtol=0.02, atol=0.0)
+
+
+def test_a_cone_built_while_the_model_trains_is_planned_for_eval_mode():
+    model = batchnorm_net().train()
+    cone = Cone(model, "4", (2, 15, 15), (3, 3))
+    assert model.training  # left as it was
+    assert cone.work < 0.5  # the batch norms counted as pointwise, as in eval mode
+    model.eval()
+    images = torch.randn(2, 2, 15, 15)
+    with capture(model, ["4"], stop=True) as acts:
+        acts.forward(images)
+    torch.testing.assert_close(cone(images), acts["4"][:, :, 3:4, 3:4], atol=1e-5, rtol=1e-5)
+
+
+def test_a_position_off_the_map_is_refused():
+    with pytest.raises(ConvlensError, match=r"position \(8, 0\) is outside"):
+        Cone(small_sequential().eval(), "3", (2, 23, 23), (8, 0))

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from convlens.hooks import model_device
+from convlens._errors import ConvlensError
+from convlens.hooks import model_device, preserved_state
 from convlens.locality import (
     Untraceable,
     Window,
@@ -46,10 +47,11 @@ class _Plan:
 
 
 class Cone(nn.Module):
-    """The output of `layer` at map position (y, x) for inputs of `input_size` (C, H, W), as a (N, C, 1, 1)
-    map, computed over the position's cone only. The module at `layer`'s name inside it is an
-    identity that sees that output, so `capture(cone, [layer])` records it; `work` is the
-    share of the whole forward's convolution work (multiply-adds) it does.
+    """The output of `layer` at map position (y, x) for inputs of `input_size` (C, H, W), as a
+    (N, C, 1, 1) map, computed over the position's cone only, the model in eval mode. The
+    module at `layer`'s name inside it is an identity that sees that output, so
+    `capture(cone, [layer])` records it; `work` is the share of the whole forward's convolution
+    work (multiply-adds) it does.
 
     Example:
         >>> cone = Cone(model, "features.11", (3, 177, 177), (5, 5))  # doctest: +SKIP
@@ -68,8 +70,9 @@ class Cone(nn.Module):
         self._traced = traced(model)
         self.layer_node = output_node(self._traced, layer)
         example = torch.zeros(1, *input_size, device=model_device(model))
-        shapes = _shapes(self._traced, self.layer_node, example)
-        self.plans = _plan(self._traced, self.layer_node, shapes, position)
+        with preserved_state(model, training=False):  # the plan holds for eval mode, as run
+            shapes = _shapes(self._traced, self.layer_node, example)
+            self.plans = _plan(self._traced, self.layer_node, shapes, position)
         self.layer = layer
         self.work = _conv_work(self._traced, self.plans, shapes)
         _hold(self, layer)
@@ -167,6 +170,8 @@ def _plan(
     if shapes[layer] is None or len(shapes[layer]) != 4:
         raise Untraceable("the layer's output is not a (N, C, H, W) map")
     y, x = position
+    if not (0 <= y < shapes[layer][2] and 0 <= x < shapes[layer][3]):
+        raise ConvlensError(f"position {position} is outside the {shapes[layer][2:]} map")
     needed: dict[fx.Node, Box] = {layer: (y, y + 1, x, x + 1)}
     plans: dict[fx.Node, _Plan] = {}
     order = [n for n in module.graph.nodes if n in shapes]
