@@ -219,6 +219,11 @@ def test_a_photo_model_gets_jpeg_figures_and_each_source_image_once(tmp_path):
     assert not list(tmp_path.rglob("*-sources.*"))
     assert assert_links_resolve(tmp_path) > 64
     assert "../../img/data/2.jpg" in (tmp_path / "units" / "features.1" / "0003.html").read_text()
+    (folder,) = (tmp_path / "img").glob("image-*")  # the image page's figures are JPEGs too
+    suffixes = {p.suffix for p in folder.iterdir() if not p.name.startswith("maps-")}
+    assert suffixes == {".jpg", ".npz", ".json"}  # the map grids: PNG or JPEG, the smaller
+    icon = Image.open(tmp_path / "img" / "units" / "features.1" / "0003-top1.jpg")
+    assert icon.size == (88, 88)  # the 11-pixel patch enlarged 8x, near its 92-pixel tile
 
 
 @pytest.mark.slow

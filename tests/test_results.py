@@ -112,3 +112,15 @@ def test_the_occlusion_figure_shows_the_projection_of_the_followed_map(made, tmp
     assert {p.name for p in tmp_path.glob("occlusion-*.png")} == {
         f"occlusion-{panel}.png" for panel in "abcde"
     }
+
+
+def test_the_smaller_of_png_and_jpeg_is_written_and_reads_back(tmp_path):
+    from convlens.report import write_smaller
+
+    blocks = np.kron(np.random.default_rng(0).integers(0, 256, (8, 8, 1)), np.ones((40, 40, 3)))
+    noise = np.random.default_rng(1).normal(128, 40, (320, 320, 3)).clip(0, 255)
+    flat = write_smaller(tmp_path / "blocks", blocks.astype(np.uint8))
+    fine = write_smaller(tmp_path / "noise", noise.astype(np.uint8))
+    assert (flat.name, fine.name) == ("blocks.png", "noise.jpg")
+    assert np.array_equal(np.asarray(Image.open(flat)), blocks.astype(np.uint8))  # lossless
+    assert np.abs(np.asarray(Image.open(fine)).astype(float) - noise.astype(np.uint8)).mean() < 20

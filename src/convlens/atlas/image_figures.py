@@ -5,6 +5,7 @@ the prediction and the neuron groups."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,7 +20,7 @@ from convlens.attribution import METHODS, channel_attribution, deconvnet
 from convlens.data.select import item
 from convlens.hooks import model_device
 from convlens.occlusion import default_geometry, occlusion
-from convlens.report import figures, write_png, write_pngs
+from convlens.report import figures, write_image, write_png, write_smaller
 from convlens.report.results import save_neuron_groups, save_occlusion
 from convlens.targets import Unit
 
@@ -40,13 +41,13 @@ def image_page(job: Job, index: int) -> tuple[dict, NeuronGroups | None]:
         probs = model(image[None].to(model_device(model))).softmax(dim=1)[0].cpu()
     top = probs.topk(min(3, len(probs)))
     predicted = int(top.indices[0])
-    write_pngs(folder, attribution_figures(job, image, predicted))
+    write_figures(job, folder, attribution_figures(job, image, predicted))
     maps = layer_maps(model, image, job.layers)  # one forward for the layers and the groups
     layers = layer_figures(job, image, maps, folder)
     occluded = occlusion(
         model, image, label if label >= 0 else predicted, **_geometry(image), layer=job.layers[-1]
     )
-    save_occlusion(occluded, folder)
+    save_occlusion(occluded, folder, job.site.figure_suffix)
     card = job.loaded.card
     groups = _neuron_groups(job, image, maps[job.layers[-1]])
     scores = channel_attribution(model, image[None], predicted, job.layers[-1])[0]
@@ -106,7 +107,7 @@ def write_groups(job: Job, found: list[tuple[int, NeuronGroups | None]]) -> None
     for index, groups in pages:
         count = len(groups.directions)
         drawn = replace(groups, icons=icons[start : start + count])
-        save_neuron_groups(drawn, job.site.image_folder(index))
+        save_neuron_groups(drawn, job.site.image_folder(index), job.site.figure_suffix)
         start += count
 
 
@@ -125,21 +126,38 @@ def attribution_figures(job: Job, image: torch.Tensor, predicted: int) -> dict[s
     return shown
 
 
+def write_figures(job: Job, folder: Path, made: dict[str, np.ndarray]) -> None:
+    """Each named figure as `<folder>/<name>` with the site's figure suffix (JPEG on a photo
+    site)."""
+    for name, figure in made.items():
+        write_image(folder / f"{name}{job.site.figure_suffix}", figure)
+
+
 def _geometry(image: torch.Tensor) -> dict:
     window, stride = default_geometry(min(image.shape[-2:]))
     return {"window": window, "stride": stride}
 
 
 def layer_figures(
-    job: Job, image: torch.Tensor, maps: dict[str, torch.Tensor], folder
+    job: Job, image: torch.Tensor, maps: dict[str, torch.Tensor], folder: Path
 ) -> list[dict]:
-    """Feature maps of one image at every layer (`maps`, `layer_maps`), and the projection of
-    each layer's strongest channel."""
-    write_pngs(folder, figures.feature_map_figures(maps, "maps", tile=40))
+    """Feature maps of one image at every layer (`maps`, `layer_maps`; on a photo site as PNG
+    or JPEG, whichever is smaller), and the projection of each layer's strongest channel."""
+    grids = figures.feature_map_figures(maps, "maps", tile=40)
     layers = []
-    for layer, values in maps.items():
+    for (layer, values), (name, grid) in zip(maps.items(), grids.items()):
+        written = (
+            write_smaller(folder / name, grid)
+            if job.site.photo
+            else write_png(folder / f"{name}.png", grid)
+        )
         strongest = int(values.flatten(1).amax(dim=1).argmax())
         projection = deconvnet(job.loaded.model, image[None], Unit(layer, strongest))[0]
-        write_png(folder / f"deconv-{safe_name(layer)}.png", render.signed_image(projection, 160))
-        layers.append({"name": layer, "file": safe_name(layer), "strongest": strongest})
+        write_image(
+            folder / f"deconv-{safe_name(layer)}{job.site.figure_suffix}",
+            render.signed_image(projection, 160),
+        )
+        layers.append(
+            {"name": layer, "file": safe_name(layer), "maps": written.name, "strongest": strongest}
+        )
     return layers

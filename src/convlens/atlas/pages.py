@@ -43,6 +43,7 @@ def _common(job: Job, page: str) -> dict:
         "model": job.loaded.spec,
         "data": job.config.data_description,
         "root": job.site.root(page),
+        "ext": job.site.figure_suffix,
     }
 
 

@@ -9,6 +9,7 @@ from convlens.report.writer import (
     write_page,
     write_png,
     write_pngs,
+    write_smaller,
     write_text,
 )
 
@@ -21,5 +22,6 @@ __all__ = [
     "write_page",
     "write_png",
     "write_pngs",
+    "write_smaller",
     "write_text",
 ]

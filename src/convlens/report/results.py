@@ -22,7 +22,7 @@ from convlens.models.layers import LayerInfo
 from convlens.models.loading import LoadedModel
 from convlens.occlusion import Occlusion
 from convlens.report import display, figures, trust_figures
-from convlens.report.writer import write_npz, write_png, write_pngs, write_text
+from convlens.report.writer import write_image, write_npz, write_png, write_pngs, write_text
 from convlens.synthesis import AdversarialAccuracy, Fooling, Inversion, Synthesis
 from convlens.trust.assess import Trust
 
@@ -94,15 +94,16 @@ def save_channels(scores: ChannelScores, out: Path) -> Path:
     return write_png(out / "channels.png", figures.channel_figure(scores))
 
 
-def save_neuron_groups(found: NeuronGroups, out: Path) -> Path:
-    """Neuron groups (`figures.neuron_groups_figure`) as `groups.png`; maps, directions and icons
-    in `groups.npz`; the layer and the reconstruction error in `groups.json`."""
+def save_neuron_groups(found: NeuronGroups, out: Path, suffix: str = ".png") -> Path:
+    """Neuron groups (`figures.neuron_groups_figure`) as `groups<suffix>` (.png or .jpg); maps
+    and directions in `groups.npz`, with the icons as displayed (uint8, 0-255: six 224-pixel
+    icons would be 3 MB as float32); the layer and the reconstruction error in `groups.json`."""
     raw = {"maps": found.maps.numpy(), "directions": found.directions.numpy()}
     if found.icons is not None:
-        raw["icons"] = found.icons.numpy()
+        raw["icons"] = (found.icons.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
     write_npz(out / "groups.npz", **raw)
     write_json(out / "groups.json", {"layer": found.layer, "error": round(found.error, 6)})
-    return write_png(out / "groups.png", figures.neuron_groups_figure(found))
+    return write_image(out / f"groups{suffix}", figures.neuron_groups_figure(found))
 
 
 def save_activation_atlas(found: ActivationAtlas, out: Path, name: str) -> list[Path]:
@@ -131,18 +132,18 @@ def save_activation_atlas(found: ActivationAtlas, out: Path, name: str) -> list[
     )
 
 
-def save_occlusion(maps: Occlusion, out: Path) -> Path:
+def save_occlusion(maps: Occlusion, out: Path, suffix: str = ".png") -> Path:
     """Fig. 7 for one image (`maps` of that image alone, `figures.occlusion_panels`): the row
-    `occlusion.png`, each panel on its own (`occlusion-a.png`, ...) and the raw maps
-    (`occlusion.npz`)."""
+    `occlusion<suffix>` (.png or .jpg), each panel on its own (`occlusion-a<suffix>`, ...) and
+    the raw maps (`occlusion.npz`)."""
     panels = figures.occlusion_panels(maps)
     for title, panel in panels:
-        write_png(out / f"occlusion-{title[1]}.png", panel)
+        write_image(out / f"occlusion-{title[1]}{suffix}", panel)
     raw = {name: getattr(maps, name)[0].numpy() for name in ("prob", "argmax", "sensitivity")}
     if maps.projection is not None:
         raw |= {"activation": maps.activation[0].numpy(), "projection": maps.projection[0].numpy()}
     write_npz(out / "occlusion.npz", ys=maps.ys.numpy(), xs=maps.xs.numpy(), **raw)
-    return write_png(out / "occlusion.png", render.panel_row(panels))
+    return write_image(out / f"occlusion{suffix}", render.panel_row(panels))
 
 
 def save_synthesis(result: Synthesis, out: Path, name: str) -> Path:
