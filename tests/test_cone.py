@@ -34,8 +34,25 @@ class Excitation(nn.Module):
         return self.out(x * scale)
 
 
+class Sized(nn.Module):
+    """Reads its map's size (a non-tensor node feeding a view) and pads by hand with a
+    non-square, strided, average-pooled path beside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, (3, 5), stride=(2, 1), padding=(1, 2))
+        self.pool = nn.AvgPool2d(3, stride=2, padding=1)
+        self.out = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        y = y.view(y.size(0), 3, y.shape[2], -1)
+        return self.out(torch.relu(self.pool(y)))
+
+
 MODELS = {
     "sequential": (lambda: small_sequential(), 2, 23, "5"),
+    "sized": (lambda: Sized(), 2, 19, "out"),
     "resnet": (lambda: TinyResNet(), 2, 21, "conv3"),
     "batchnorm": (lambda: batchnorm_net(), 2, 15, "4"),
     "excitation": (lambda: Excitation(), 2, 17, "out"),
@@ -153,3 +170,106 @@ def test_a_cone_built_while_the_model_trains_is_planned_for_eval_mode():
 def test_a_position_off_the_map_is_refused():
     with pytest.raises(ConvlensError, match=r"position \(8, 0\) is outside"):
         Cone(small_sequential().eval(), "3", (2, 23, 23), (8, 0))
+
+
+class TrainingBranch(nn.Module):
+    """Dropout as a function of `self.training`: fx freezes the mode it traces in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.second = nn.Conv2d(1, 4, 3), nn.Conv2d(4, 2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(nn.functional.dropout(self.first(x), 0.5, training=self.training))
+
+
+def test_a_model_that_trains_is_traced_as_it_runs_in_eval_mode():
+    model = TrainingBranch().train()
+    cone = Cone(model, "second", (1, 12, 12), (4, 4))
+    model.eval()
+    images = torch.randn(2, 1, 12, 12)
+    torch.testing.assert_close(cone(images), model(images)[:, :, 4:5, 4:5])
+
+
+class SharedInPlace(nn.Module):
+    """An in-place ReLU on a map that another conv also reads: eager sees the change."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(2, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        rectified = nn.functional.relu(y, inplace=True)
+        return self.b(y) + rectified
+
+
+class Upsampled(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.up = nn.Conv2d(1, 2, 3), nn.Upsample(scale_factor=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.conv(x))
+
+
+def named_work() -> nn.Module:
+    """A layer named like the cone's own attribute `work`."""
+    model = nn.Sequential()
+    model.add_module("work", nn.Conv2d(1, 2, 3))
+    return model
+
+
+@pytest.mark.parametrize(
+    "make, layer, match",
+    [
+        (lambda: TinyResNet(), "relu", "called more than once"),
+        (lambda: SharedInPlace(), "b", "overwrites a map"),
+        (lambda: Upsampled(), "up", "not local"),
+        (named_work, "work", "clashes"),
+    ],
+)
+def test_what_the_cone_cannot_follow_is_refused_so_the_model_runs_instead(make, layer, match):
+    model = make().eval()
+    channels = next(model.parameters()).shape[1]  # the first conv's input channels
+    with pytest.raises(Untraceable, match=match):
+        Cone(model, layer, (channels, 16, 16), (2, 2))
+
+
+def test_a_batch_norm_without_running_statistics_is_computed_whole():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, track_running_stats=False))
+    model.add_module("2", nn.Conv2d(2, 2, 3))
+    model.eval()
+    cone = Cone(model, "2", (1, 14, 14), (5, 5))
+    images = torch.randn(3, 1, 14, 14)
+    torch.testing.assert_close(cone(images), model(images)[:, :, 5:6, 5:6])
+    first, second = (model[i].weight.numel() for i in (0, 2))  # the first conv: all 12x12
+    assert cone.work == pytest.approx((144 * first + second) / (144 * first + 100 * second))
+
+
+def test_an_input_of_another_size_is_refused():
+    cone = Cone(small_sequential().eval(), "3", (2, 23, 23), (2, 2))
+    with pytest.raises(ValueError, match=r"takes inputs of \(2, 23, 23\)"):
+        cone(torch.randn(1, 2, 24, 24))
+
+
+def test_in_bfloat16_the_cone_agrees_with_the_model_as_closely_as_bfloat16_allows():
+    model = torchvision.models.resnet18(num_classes=3).eval()
+    images = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    cone = Cone(model, "layer2", (3, 64, 64), (3, 3))
+    with torch.autocast("cpu", dtype=torch.bfloat16), capture(model, ["layer2"], stop=True) as acts:
+        acts.forward(images)
+        got = cone(images)
+    torch.testing.assert_close(
+        got.float(), acts["layer2"][:, :, 3:4, 3:4].float(), atol=0.05, rtol=0.05
+    )
+
+
+def test_unit_images_run_the_model_itself_when_the_cone_would_save_little():
+    """A layer whose position reads almost its whole input: the cone's work is over
+    `CONE_WORK`."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 2, 5))
+    canvas = units.unit_canvas(model, "2", (1, 7, 7))
+    assert Cone(model, "2", (1, canvas.side, canvas.side), (canvas.y, canvas.x)).work > 0.75
+    runner, position = units._runner(model, "2", (1, canvas.side, canvas.side), canvas)
+    assert runner is model and position == (canvas.y, canvas.x)

@@ -1,15 +1,18 @@
 """The cone forward: one position of a layer computed from only what it depends on. Every local op
 below the layer (convolution, pooling, pointwise and element-wise ops) is run over just the
 region of its output that the position reads, found by walking the traced graph back from the
-position (each window's input span is (o - 1) * stride - pad + dilation * (kernel - 1) + 1 from
-output span o); an op that is not local gets its whole input and gives its whole output. The
-result equals the layer's whole map at that position, and so do the gradients, which are zero
-outside the cone anyway; on a deep layer it is several times less work (alexnet's features.11
-on its 177-pixel unit canvas: conv5 at 1 position instead of 81, conv2 at 11x11 instead of
-21x21). Unit synthesis is the use: every step optimises one position of a layer.
+position (outputs o .. o + n - 1 of a window read inputs o * stride - pad onwards, for
+(n - 1) * stride + dilation * (kernel - 1) + 1 of them); an op that is not local gets its whole
+input and gives its whole output. The result equals the layer's whole map at that position, and
+so do the gradients, which are zero outside the cone anyway. On a deep layer it is a fraction of
+the work: alexnet's features.11 on its 177-pixel unit canvas computes conv5 at 1 position of 81
+and conv2 at 15x15 of 21x21, a third of the convolutions' work. Unit synthesis is the use: every
+step optimises one position of a layer.
 
-The model is traced with torch.fx; a model fx cannot trace raises `Untraceable`, and callers run
-the plain forward instead.
+The model is traced with torch.fx in eval mode. What the cone cannot follow (a model fx cannot
+trace, a layer called more than once, an in-place op on a map that is read elsewhere, a layer
+that is not local) raises `Untraceable`, and so does a cone that disagrees with the model on a
+random input, checked once when it is built; callers then run the plain forward.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from convlens.locality import (
     Untraceable,
     Window,
     binary_node,
+    in_place_node,
     output_node,
     pointwise_node,
     traced,
@@ -38,8 +42,8 @@ Box = tuple[int, int, int, int]
 
 @dataclass(frozen=True)
 class _Plan:
-    """How one node is computed: `kind` "window", "pointwise", "binary" or "whole", the region
-    `box` of its output that is kept, and its window (window nodes only)."""
+    """How one node is computed: `kind` "input", "window", "pointwise", "binary" or "whole", the
+    region `box` of its output that is kept, and its window (window nodes only)."""
 
     kind: str
     box: Box
@@ -67,74 +71,115 @@ class Cone(nn.Module):
         position: tuple[int, int],
     ) -> None:
         super().__init__()
-        self._traced = traced(model)
-        self.layer_node = output_node(self._traced, layer)
-        example = torch.zeros(1, *input_size, device=model_device(model))
-        with preserved_state(model, training=False):  # the plan holds for eval mode, as run
-            shapes = _shapes(self._traced, self.layer_node, example)
-            self.plans = _plan(self._traced, self.layer_node, shapes, position)
-        self.layer = layer
-        self.work = _conv_work(self._traced, self.plans, shapes)
-        _hold(self, layer)
+        seeded = torch.Generator().manual_seed(0)
+        example = torch.randn(1, *input_size, generator=seeded).to(model_device(model))
+        self._input_size, self._layer = tuple(input_size), layer
+        with preserved_state(model, training=False), torch.no_grad():
+            self._traced = traced(model)  # traced in eval mode: `self.training` is frozen in
+            self._layer_node = output_node(self._traced, layer)
+            shapes, expected = _shapes(self._traced, self._layer_node, example)
+            self._plans = _plan(self._traced, self._layer_node, shapes, position)
+            _check_in_place(self._traced, self._plans, shapes)
+            self.work = _conv_work(self._traced, self._plans, shapes)
+            _hold(self, layer)
+            _verify(self, example, expected[..., position[0], position[1]])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, C, side, side) → (N, C', 1, 1): the layer's activations at the position."""
-        values: dict[fx.Node, tuple[object, Box | None]] = {}
+        """(N, *input_size) → (N, C', 1, 1): the layer's activations at the position."""
+        if tuple(images.shape[1:]) != self._input_size:
+            raise ValueError(
+                f"this cone takes inputs of {self._input_size}, got {tuple(images.shape[1:])}"
+            )
+        values: dict[fx.Node, tuple[object, Box]] = {}
         for node in self._traced.graph.nodes:
-            if node not in self.plans:
-                continue
-            values[node] = self._run(node, images, values)
-            if node is self.layer_node:
-                return self.get_submodule(self.layer)(values[node][0])
+            if node in self._plans:
+                values[node] = self._run(node, images, values), self._plans[node].box
+            if node is self._layer_node:
+                return self.get_submodule(self._layer)(values[node][0])
         raise Untraceable("the layer was not reached")  # a plan always holds the layer node
 
-    def _run(self, node: fx.Node, images: torch.Tensor, values: dict) -> tuple[object, Box | None]:
-        """One node's value over its planned box (and the box)."""
-        plan = self.plans[node]
-        if node.op == "placeholder":
-            return _crop(images, _full(tuple(images.shape)), plan.box), plan.box
+    def _run(self, node: fx.Node, images: torch.Tensor, values: dict) -> object:
+        """One node's value over its planned box."""
+        plan = self._plans[node]
+        if plan.kind == "input":
+            return _crop(images, _full(tuple(images.shape)), plan.box)
+        if node.op == "placeholder":  # another argument of forward: its default
+            return node.args[0] if node.args else None
         if plan.kind == "window":
-            value, box = values[node.args[0]]
-            return _windowed(plan.window, value, box, plan.box), plan.box
+            return _windowed(plan.window, *values[node.args[0]], plan.box)
         if plan.kind in ("pointwise", "binary"):
-            args = tuple(_cropped(values.get(a, (a, None)), plan.box) for a in node.args)
-            kwargs = {
-                k: _cropped(values.get(v, (v, None)), plan.box) for k, v in node.kwargs.items()
-            }
-            return _call(self._traced, node, args, kwargs), plan.box
+            args = fx.node.map_arg(node.args, lambda a: _crop(*values[a], plan.box))
+            kwargs = fx.node.map_arg(node.kwargs, lambda a: _crop(*values[a], plan.box))
+            return _call(self._traced, node, args, kwargs)
         args = fx.node.map_arg(node.args, lambda a: values[a][0])
         kwargs = fx.node.map_arg(node.kwargs, lambda a: values[a][0])
-        return _call(self._traced, node, args, kwargs), plan.box
+        return _call(self._traced, node, args, kwargs)
+
+
+def _verify(cone: Cone, example: torch.Tensor, expected: torch.Tensor) -> None:
+    """The cone's output on `example` against the model's (N, C) `expected` there: a cone that
+    fails or disagrees is refused, so that it is never silently wrong."""
+    try:
+        got = cone(example).flatten(1)
+    except Exception as error:  # an op that cannot run on a crop
+        raise Untraceable(f"the cone failed on a random input: {error}") from error
+    scale = float(expected.abs().max()) or 1.0
+    if got.shape != expected.shape or not torch.allclose(
+        got, expected, rtol=1e-3, atol=1e-4 * scale
+    ):
+        raise Untraceable("the cone disagrees with the model on a random input")
 
 
 def _hold(cone: Cone, layer: str) -> None:
-    """An identity module at `layer`'s dotted name inside `cone`, for `capture` to hook."""
+    """An identity module at `layer`'s dotted name inside `cone`, for `capture` to hook (a name
+    the cone itself uses, e.g. "work", is refused)."""
     parent: nn.Module = cone
     *path, last = layer.split(".")
     for part in path:
-        if not hasattr(parent, part):
-            parent.add_module(part, nn.Module())
-        parent = getattr(parent, part)
+        child = parent._modules.get(part)
+        if child is None and not hasattr(parent, part):
+            child = nn.Module()
+            parent.add_module(part, child)
+        elif type(child) is not nn.Module:  # not a holder made here
+            raise Untraceable(f"layer {layer!r} clashes with the cone's own {part!r}")
+        parent = child
+    if hasattr(parent, last):
+        raise Untraceable(f"layer {layer!r} clashes with the cone's own {last!r}")
     parent.add_module(last, nn.Identity())
 
 
+def _check_in_place(module: fx.GraphModule, plans: dict[fx.Node, _Plan], shapes: dict) -> None:
+    """In-place ops the cone cannot follow: one on a map another op also reads (the cone
+    crops a copy for it, so the other reader would not see the change), or one whose result is
+    unused (the walk back from the layer never reaches it)."""
+    for node in shapes:
+        source = node.args[0] if node.args else None
+        if not (isinstance(source, fx.Node) and source in plans and in_place_node(module, node)):
+            continue
+        if len(source.users) > 1 or not node.users:
+            raise Untraceable(f"{node.name} overwrites a map that other ops read")
+
+
 def _conv_work(module: fx.GraphModule, plans: dict[fx.Node, _Plan], shapes: dict) -> float:
-    """The convolutions' multiply-adds over their planned boxes, as a share of those over their
-    whole outputs."""
+    """The convolutions' multiply-adds over their planned boxes (whole maps for those not run
+    as windows), as a share of those over their whole outputs."""
     done = whole = 0
     for node, plan in plans.items():
-        if plan.kind == "window" and isinstance(module.get_submodule(node.target), nn.Conv2d):
-            size = module.get_submodule(node.target).weight.numel()
+        if node.op != "call_module":
+            continue
+        conv = module.get_submodule(node.target)
+        if isinstance(conv, nn.Conv2d) and _is_map(shapes[node]):
             top, bottom, left, right = plan.box
-            done += size * (bottom - top) * (right - left)
-            whole += size * shapes[node][2] * shapes[node][3]
+            done += conv.weight.numel() * (bottom - top) * (right - left)
+            whole += conv.weight.numel() * shapes[node][2] * shapes[node][3]
     return done / whole if whole else 1.0
 
 
 def _shapes(
     module: fx.GraphModule, layer: fx.Node, example: torch.Tensor
-) -> dict[fx.Node, tuple[int, ...] | None]:
-    """Each node's output shape on `example` (None: not a tensor), up to the layer."""
+) -> tuple[dict[fx.Node, tuple[int, ...] | None], torch.Tensor]:
+    """Each node's output shape on `example` (None: not a tensor), up to the layer, and the
+    layer's output there."""
     shapes: dict[fx.Node, tuple[int, ...] | None] = {}
 
     class Recorder(fx.Interpreter):
@@ -142,21 +187,24 @@ def _shapes(
             result = super().run_node(node)
             shapes[node] = tuple(result.shape) if isinstance(result, torch.Tensor) else None
             if node is layer:
-                raise _Reached
+                raise _Reached(result)  # fx rewrites args of what it passes on: kept apart
             return result
 
     try:
-        with torch.no_grad():
-            Recorder(module).run(example)
-    except _Reached:
-        return shapes
+        Recorder(module).run(example)
+    except _Reached as reached:
+        return shapes, reached.output
     except Exception as error:  # a traced graph can fail where the eager model did not
         raise Untraceable(f"the traced model failed on the input: {error}") from error
     raise Untraceable("the layer was not reached")
 
 
 class _Reached(Exception):
-    """The shape recorder reached the layer."""
+    """The shape recorder reached the layer, whose `output` it carries."""
+
+    def __init__(self, output: torch.Tensor) -> None:
+        super().__init__("reached the layer")
+        self.output = output
 
 
 def _plan(
@@ -174,24 +222,25 @@ def _plan(
         raise ConvlensError(f"position {position} is outside the {shapes[layer][2:]} map")
     needed: dict[fx.Node, Box] = {layer: (y, y + 1, x, x + 1)}
     plans: dict[fx.Node, _Plan] = {}
-    order = [n for n in module.graph.nodes if n in shapes]
-    for node in reversed(order):
+    first = next(n for n in module.graph.nodes if n.op == "placeholder")
+    for node in reversed(list(shapes)):
         if node not in needed:
             continue
-        kind, window = _kind(module, node, shapes)
-        box = needed[node] if kind != "whole" else _full(shapes[node])
+        kind, window = ("input", None) if node is first else _kind(module, node, shapes)
+        box = _full(shapes[node]) if kind == "whole" else needed[node]
         plans[node] = _Plan(kind, box, window)
         for source, wanted in _reads(node, kind, window, box, shapes):
             needed[source] = _union(needed.get(source), wanted)
+    if plans[layer].kind == "whole":
+        raise Untraceable(f"{layer}'s own op is not local; its map is computed whole")
     return plans
 
 
 def _kind(module: fx.GraphModule, node: fx.Node, shapes: dict) -> tuple[str, Window | None]:
-    """How a node is computed over a box: "window" (conv, pooling), "pointwise", "binary"
-    (element-wise on same-shaped maps, or a map and a number), else "whole"."""
+    """How a node other than the input is computed over a box: "window" (conv, pooling),
+    "pointwise", "binary" (element-wise on same-shaped maps, or a map and a number), else
+    "whole" (also a placeholder for another argument of forward)."""
     maps = [a for a in node.all_input_nodes if _is_map(shapes.get(a))]
-    if node.op == "placeholder":
-        return "pointwise", None
     if not _is_map(shapes[node]) or len(maps) != len(node.all_input_nodes):
         return "whole", None
     if node.op == "call_module" and len(node.args) == 1 and not node.kwargs:
@@ -208,9 +257,10 @@ def _kind(module: fx.GraphModule, node: fx.Node, shapes: dict) -> tuple[str, Win
 def _reads(
     node: fx.Node, kind: str, window: Window | None, box: Box, shapes: dict
 ) -> list[tuple[fx.Node, Box]]:
-    """The box of each input node that `node` reads to compute `box` of its output."""
+    """The box of each input node that `node` reads to compute `box` of its output (all of it
+    for a whole node, which may read sizes and other non-maps too)."""
     if kind == "whole":
-        return [(a, _full(shapes[a])) for a in node.all_input_nodes if shapes[a] is not None]
+        return [(a, _full(shapes[a])) for a in node.all_input_nodes]
     if kind == "window":
         source = node.args[0]
         return [(source, _clip(_span(window, box), shapes[source]))]
@@ -219,12 +269,9 @@ def _reads(
 
 def _span(window: Window, box: Box) -> Box:
     """The input box (unclipped, padding included) that `window` reads for output `box`."""
-    spans = []
-    for axis, (low, high) in enumerate(((box[0], box[1]), (box[2], box[3]))):
-        stride, pad = window.stride[axis], window.pad[axis]
-        reach = window.dilation[axis] * (window.kernel[axis] - 1)
-        spans += [low * stride - pad, (high - 1) * stride - pad + reach + 1]
-    return tuple(spans)
+    rows = window.reads(0, box[0], box[1] - box[0])
+    columns = window.reads(1, box[2], box[3] - box[2])
+    return (rows[0], rows[0] + rows[1], columns[0], columns[0] + columns[1])
 
 
 def _clip(box: Box, shape: tuple[int, ...]) -> Box:
@@ -245,21 +292,14 @@ def _union(a: Box | None, b: Box) -> Box:
     return (min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3]))
 
 
-def _crop(value: torch.Tensor, held: Box, wanted: Box) -> torch.Tensor:
-    """`wanted` of a map that holds region `held`; a copy when it is a strict part (so that an
-    in-place op on it leaves the whole map alone)."""
-    if held == wanted:
+def _crop(value: object, held: Box, wanted: Box) -> object:
+    """`wanted` of a map that holds region `held` (any other value as it is); a copy when it
+    is a strict part, so that an in-place op on it leaves the whole map alone."""
+    if held == wanted or not isinstance(value, torch.Tensor):
         return value
     top, left = wanted[0] - held[0], wanted[2] - held[2]
     part = value[..., top : top + wanted[1] - wanted[0], left : left + wanted[3] - wanted[2]]
-    return part.contiguous(memory_format=torch.channels_last)
-
-
-def _cropped(entry: tuple[object, Box | None], box: Box) -> object:
-    value, held = entry
-    return (
-        _crop(value, held, box) if held is not None and isinstance(value, torch.Tensor) else value
-    )
+    return part.clone(memory_format=torch.channels_last)
 
 
 def _windowed(window: Window, value: torch.Tensor, held: Box, box: Box) -> torch.Tensor:

@@ -120,14 +120,10 @@ def _slide(window: Window, patch: Patch, base_out: torch.Tensor) -> Patch:
         (window.pad[1], window.pad[1], window.pad[0], window.pad[0]),
         value=window.pad_value,
     )
-    in_origin = [origins[axis] * window.stride[axis] for axis in (0, 1)]
-    in_size = [
-        (sizes[axis] - 1) * window.stride[axis]
-        + window.dilation[axis] * (window.kernel[axis] - 1)
-        + 1
-        for axis in (0, 1)
-    ]
-    rows, cols = _spans(in_origin[0], in_size[0]), _spans(in_origin[1], in_size[1])
+    reads = [window.reads(axis, origins[axis], sizes[axis]) for axis in (0, 1)]
+    rows, cols = (
+        _spans(start + window.pad[axis], size) for axis, (start, size) in enumerate(reads)
+    )
     output = window.run(_gather(patch, padded, window.pad, rows, cols))
     return Patch(output, origins[0], origins[1], base_out)
 

@@ -4,7 +4,7 @@ window op (convolution, pooling) reads a sliding window of its input, and is run
 input padded by hand; a pointwise op reads one position (across channels at most); a binary op
 combines two maps position by position. Anything else is not local.
 
-Models are traced with torch.fx (`local_tracer`); a model it cannot trace raises `Untraceable`.
+Models are traced with torch.fx (`traced`); a model it cannot trace raises `Untraceable`.
 """
 
 from __future__ import annotations
@@ -74,6 +74,13 @@ class Window:
     pad_value: float
     run: Callable[[torch.Tensor], torch.Tensor]
 
+    def reads(self, axis: int, first, count: int) -> tuple[object, int]:
+        """(start, length) along `axis` of the input that outputs `first` .. `first + count - 1`
+        read: start = first * stride - pad (negative inside the padding; `first` an int or a
+        tensor of them), length = (count - 1) * stride + dilation * (kernel - 1) + 1."""
+        stride, reach = self.stride[axis], self.dilation[axis] * (self.kernel[axis] - 1)
+        return first * stride - self.pad[axis], (count - 1) * stride + reach + 1
+
 
 def _pair(value) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else tuple(value)
@@ -124,7 +131,10 @@ def window_of(module: nn.Module) -> Window | None:
 
 
 def pointwise_module(module: nn.Module) -> bool:
-    """A module acting on each position alone (batch norm and dropout only in eval mode)."""
+    """A module acting on each position alone (batch norm and dropout only in eval mode, batch
+    norm only with running statistics: without them it normalises by the batch's)."""
+    if isinstance(module, nn.BatchNorm2d) and module.running_mean is None:
+        return False
     if isinstance(module, TRAINING_DEPENDENT):
         return not module.training
     return isinstance(module, POINTWISE_MODULES)
@@ -145,6 +155,22 @@ def binary_node(node: fx.Node) -> bool:
     return (node.op == "call_function" and node.target in BINARY_FUNCTIONS) or (
         node.op == "call_method" and node.target in BINARY_METHODS
     )
+
+
+IN_PLACE_FUNCTIONS = {operator.iadd, operator.imul, operator.isub, torch.relu_}
+
+
+def in_place_node(module: fx.GraphModule, node: fx.Node) -> bool:
+    """A node that may overwrite its first argument (an in-place method, `+=`, a module or a
+    function asked for `inplace`)."""
+    if node.op == "call_module":
+        return bool(getattr(module.get_submodule(node.target), "inplace", False))
+    if node.op == "call_method":
+        return node.target.endswith("_")
+    if node.op == "call_function":
+        flagged = node.kwargs.get("inplace") is True or any(a is True for a in node.args[1:])
+        return node.target in IN_PLACE_FUNCTIONS or flagged
+    return False
 
 
 def apply_node(node: fx.Node, tensor: torch.Tensor, rest: tuple, kwargs: dict) -> torch.Tensor:
@@ -173,7 +199,14 @@ def traced(model: nn.Module) -> fx.GraphModule:
 
 
 def output_node(module: fx.GraphModule, layer: str) -> fx.Node:
-    """The last node computed inside module `layer` (its output)."""
+    """The last node computed inside module `layer` (its output); a module called more than
+    once (a reused ReLU) has no one output and is refused, as `capture` refuses it."""
+    calls = {  # fx names a module's second call "<layer>@1" in each node's module stack
+        path
+        for node in module.graph.nodes
+        for path in node.meta.get("nn_module_stack", {})
+        if path.split("@")[0] == layer
+    }
     inside = [
         node
         for node in module.graph.nodes
@@ -182,4 +215,6 @@ def output_node(module: fx.GraphModule, layer: str) -> fx.Node:
     ]
     if not inside:
         raise Untraceable(f"layer {layer!r} has no node in the traced graph")
+    if len(calls) > 1:
+        raise Untraceable(f"layer {layer!r} is called more than once per forward")
     return inside[-1]

@@ -29,8 +29,8 @@ UNIT_STEPS, UNIT_LR = 96, 0.1
 
 PIXEL_BUDGET = 16 * 224 * 224
 """Input pixels optimised at once by default (`synthesize_directions`, the atlas): 16 images of
-224 pixels (resnet50 to layer4 with its gradients needs about 3 GB for them), 30 of alexnet's
-163-pixel features.11 units, all 64 of its 13-pixel features.1 units."""
+224 pixels (resnet50 to layer4 with its gradients needs about 3 GB for them), 25 of alexnet's
+177-pixel features.11 units, all 64 of its 13-pixel features.1 units."""
 
 
 def budget_chunk(side: int) -> int:
@@ -168,7 +168,9 @@ def _on_canvas(
     if bounded and batch_size is None:
         batch_size = budget_chunk(canvas.side)
     sized = replace(prep, size=(canvas.side, canvas.side), resize=None)
-    runner, (y, x) = _runner(module, layer, (prep.channels, canvas.side, canvas.side), canvas)
+    runner, (y, x) = module, (canvas.y, canvas.x)
+    if not options.get("diversity_weight"):  # diversity compares whole maps: not on the cone
+        runner, (y, x) = _runner(module, layer, (prep.channels, canvas.side, canvas.side), canvas)
 
     def run(part: list[int], offset: int) -> Synthesis:
         return synthesize(
