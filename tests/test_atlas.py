@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch.utils.data import Subset
 
+from convlens._errors import ConvlensError
 from convlens.atlas import AtlasConfig, write_atlas
 from convlens.data import FashionMNIST
 from convlens.data.fashion_mnist import DEBIAN_DIR
@@ -320,6 +321,7 @@ def test_image_pages_show_the_neuron_groups_of_the_last_layer(atlas):
     assert groups["layer"] == "features.13" and 0 <= groups["error"] < 1
     raw = np.load(atlas / "img" / "image-0" / "groups.npz")
     assert raw["maps"].min() >= 0 and raw["icons"].shape == (6, 1, 28, 28)
+    assert raw["icons"].dtype == np.uint8 and raw["icons"].max() > 0  # as displayed
     assert np.asarray(Image.open(atlas / "img" / "image-0" / "groups.png")).std() > 20
 
 
@@ -340,3 +342,19 @@ def test_precision_is_bfloat16_where_the_hardware_has_it_unless_chosen(monkeypat
         assert job("auto").settings("synthesis")["bfloat16"] is native
     with pytest.raises(ValueError, match="precision must be one of"):
         AtlasConfig(precision="half")
+
+
+def test_a_layer_without_feature_maps_is_refused_before_anything_is_written(tmp_path):
+    loaded = LoadedModel(
+        BUILTIN_MODELS["zfnet-fashion"].build().eval(),
+        Preprocess(1, (28, 28), (0.5,), (0.25,)),
+        FASHION_CLASSES,
+        (1, 28, 28),
+        "zfnet-fashion",
+    )
+    config = AtlasConfig(layers=["features.13", "classifier.1"])
+    with pytest.raises(ConvlensError, match=r"'classifier.1' gives outputs of shape \(512,\)"):
+        write_atlas(loaded, [], tmp_path / "atlas", config, progress=False)
+    with pytest.raises(ConvlensError, match=r"features\.13"):  # a typo: the close names listed
+        write_atlas(loaded, [], tmp_path / "atlas", AtlasConfig(layers=["features.31"]))
+    assert not (tmp_path / "atlas").exists()

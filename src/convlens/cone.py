@@ -5,7 +5,7 @@ position (outputs o .. o + n - 1 of a window read inputs o * stride - pad onward
 (n - 1) * stride + dilation * (kernel - 1) + 1 of them); an op that is not local gets its whole
 input and gives its whole output. The result equals the layer's whole map at that position, and
 so do the gradients, which are zero outside the cone anyway. On a deep layer it is a fraction of
-the work: alexnet's features.11 on its 177-pixel unit canvas computes conv5 at 1 position of 81
+the work: alexnet's features.11 on its 177-pixel unit canvas computes conv5 at 1 position of 100
 and conv2 at 15x15 of 21x21, a third of the convolutions' work. Unit synthesis is the use: every
 step optimises one position of a layer.
 

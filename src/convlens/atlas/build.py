@@ -8,12 +8,14 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
+from convlens._errors import ConvlensError
 from convlens._progress import tqdm
 from convlens.atlas.pages import write_pages
 from convlens.atlas.site import AtlasConfig, Job, Site
 from convlens.atlas.stages import STAGES, merge_records
 from convlens.distributed import barrier, current_shard, gather_objects
-from convlens.models.layers import default_layers
+from convlens.hooks import resolve_layer
+from convlens.models.layers import default_layers, trace_layers
 from convlens.models.loading import LoadedModel
 
 
@@ -42,7 +44,7 @@ def write_atlas(
     config = config or AtlasConfig()
     site = Site.for_model(Path(out), loaded.input_size)
     rank, world = current_shard()
-    layers = config.layers or default_layers(loaded.model)
+    layers = atlas_layers(loaded, config.layers)
     job = Job(loaded, data, layers, config, site, progress, rank, world)
     site.out.mkdir(parents=True, exist_ok=True)
     wanted = [name for name in STAGES if name not in config.skip]
@@ -61,3 +63,23 @@ def write_atlas(
         write_pages(job)
     barrier()
     return site.out / "index.html"
+
+
+def atlas_layers(loaded: LoadedModel, wanted: list[str] | None) -> list[str]:
+    """The atlas's layers: `wanted`, each checked before any work (a known name, whose output is
+    a (C, H, W) feature map), or the model's default layers."""
+    if not wanted:
+        return default_layers(loaded.model)
+    shapes = {
+        name: info.output_shape
+        for name, info in trace_layers(loaded.model, loaded.input_size).items()
+    }
+    for layer in wanted:
+        resolve_layer(loaded.model, layer)  # an unknown name: an error listing the close ones
+        if shapes.get(layer) is None or len(shapes[layer]) != 3:
+            examples = ", ".join(default_layers(loaded.model)[:3])
+            raise ConvlensError(
+                f"layer {layer!r} gives outputs of shape {shapes.get(layer)}, not feature maps "
+                f"(C, H, W); the atlas shows convolutional layers, e.g. {examples}"
+            )
+    return list(wanted)

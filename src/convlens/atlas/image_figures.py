@@ -36,6 +36,8 @@ def image_page(job: Job, index: int) -> tuple[dict, NeuronGroups | None]:
     """The figures of one sample image and what its page lists; its neuron groups, whose
     icons and figure `write_groups` makes (None when the last layer cannot be grouped)."""
     model, folder = job.loaded.model, job.site.image_folder(index)
+    for stale in folder.glob("*") if folder.is_dir() else ():  # an earlier build's figures
+        stale.unlink()
     image, label = item(job.data, index)
     with torch.no_grad():
         probs = model(image[None].to(model_device(model))).softmax(dim=1)[0].cpu()
@@ -143,14 +145,17 @@ def layer_figures(
 ) -> list[dict]:
     """Feature maps of one image at every layer (`maps`, `layer_maps`; on a photo site as PNG
     or JPEG, whichever is smaller), and the projection of each layer's strongest channel."""
-    grids = figures.feature_map_figures(maps, "maps", tile=40)
+    grids = figures.feature_map_figures(maps, "maps", tile=40)  # spatial maps only
     layers = []
-    for (layer, values), (name, grid) in zip(maps.items(), grids.items()):
-        written = (
-            write_smaller(folder / name, grid)
-            if job.site.photo
-            else write_png(folder / f"{name}.png", grid)
-        )
+    for layer, values in maps.items():
+        grid, name = grids.get(f"maps-{safe_name(layer)}"), f"maps-{safe_name(layer)}"
+        written = None
+        if grid is not None:
+            written = (
+                write_smaller(folder / name, grid)
+                if job.site.photo
+                else write_png(folder / f"{name}.png", grid)
+            )
         strongest = int(values.flatten(1).amax(dim=1).argmax())
         projection = deconvnet(job.loaded.model, image[None], Unit(layer, strongest))[0]
         write_image(
@@ -158,6 +163,11 @@ def layer_figures(
             render.signed_image(projection, 160),
         )
         layers.append(
-            {"name": layer, "file": safe_name(layer), "maps": written.name, "strongest": strongest}
+            {
+                "name": layer,
+                "file": safe_name(layer),
+                "maps": written.name if written else None,
+                "strongest": strongest,
+            }
         )
     return layers

@@ -68,8 +68,9 @@ PHOTO_KINDS = ("top9", "thumb", "top1", "synthesis")
 @dataclass(frozen=True)
 class Site:
     """Paths inside the atlas folder `out`. With `photo` (a model of RGB inputs of 64 pixels or
-    more), the photographic figures (`PHOTO_KINDS`, the dataset images) are JPEGs, a third to a
-    fifth of their PNG size, so that an atlas of thousands of units stays under 200 MB."""
+    more), the photographic figures (`PHOTO_KINDS`, the dataset images, the image pages'
+    figures) are JPEGs, a third to a fifth of their PNG size, so that an atlas of thousands of
+    units stays small."""
 
     out: Path
     photo: bool = False
@@ -86,7 +87,7 @@ class Site:
     def data_image(self, index: int) -> Path:
         """`img/data/<index>.<png|jpg>`: dataset image `index`, written once however many
         units' top-9 it is in."""
-        return self.img / "data" / f"{index}.{'jpg' if self.photo else 'png'}"
+        return self.img / "data" / f"{index}{self.figure_suffix}"
 
     @property
     def img(self) -> Path:
@@ -95,8 +96,8 @@ class Site:
     def unit_image(self, layer: str, channel: int, kind: str) -> Path:
         """`img/units/<layer>/<channel>-<kind>.<png|jpg>` (kind: top9, thumb, top1, synthesis,
         evolution, filter)."""
-        suffix = "jpg" if self.photo and kind in PHOTO_KINDS else "png"
-        return self.img / "units" / safe_name(layer) / f"{channel:04d}-{kind}.{suffix}"
+        suffix = self.figure_suffix if kind in PHOTO_KINDS else ".png"
+        return self.img / "units" / safe_name(layer) / f"{channel:04d}-{kind}{suffix}"
 
     def image_folder(self, index: int) -> Path:
         """Where the figures of dataset image `index` go."""
@@ -178,8 +179,8 @@ class Job:
             common |= {"photo": self.site.photo, "layout": 3}
         if stage in ("synthesis", "images", "activation-atlas"):  # synthesised images
             common |= {"bfloat16": self.fast}
-        if stage == "images":  # pages with neuron groups
-            common |= {"layout": 2}
+        if stage == "images":  # pages with neuron groups, JPEG figures on photo sites
+            common |= {"layout": 4}
         if stage == "synthesis":
             common |= {"mode": self.config.synthesis, "steps": self.config.synthesis_steps}
         if stage == "trust":

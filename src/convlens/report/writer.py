@@ -26,11 +26,11 @@ def write_png(path: str | Path, image: np.ndarray) -> Path:
     return _write_bytes(path, _encoded(image, "PNG"))
 
 
-def write_jpeg(path: str | Path, image: np.ndarray) -> Path:
-    """Save a uint8 (H, W, 3) array as a JPEG (quality 85) without chroma subsampling: for
-    photographs (patches of natural images, synthesised images of photo models), a third to a
-    fifth of the PNG's size (measured on resnet18 atlas figures: Fig. 2 76 -> 24 KB)."""
-    return _write_bytes(path, _encoded(image, "JPEG"))
+def write_jpeg(path: str | Path, image: np.ndarray, quality: int = 85) -> Path:
+    """Save a uint8 (H, W, 3) array as a JPEG without chroma subsampling: for photographs
+    (patches of natural images, synthesised images of photo models), a third to a fifth of the
+    PNG's size (measured on resnet18 atlas figures: Fig. 2 76 -> 24 KB at quality 85)."""
+    return _write_bytes(path, _encoded(image, "JPEG", quality))
 
 
 def write_smaller(stem: str | Path, image: np.ndarray) -> Path:
@@ -38,12 +38,15 @@ def write_smaller(stem: str | Path, image: np.ndarray) -> Path:
     into flat blocks compress best as PNG (a resnet50 layer4 grid: 177 KB, 647 KB as JPEG),
     fine detail as JPEG (its layer1 grid: 216 KB, 725 KB as PNG)."""
     png, jpeg = _encoded(image, "PNG"), _encoded(image, "JPEG")
-    smaller, suffix = (png, ".png") if len(png) <= len(jpeg) else (jpeg, ".jpg")
+    smaller, suffix, other = (
+        (png, ".png", ".jpg") if len(png) <= len(jpeg) else (jpeg, ".jpg", ".png")
+    )
+    Path(f"{stem}{other}").unlink(missing_ok=True)  # an earlier write's other choice
     return _write_bytes(Path(f"{stem}{suffix}"), smaller)
 
 
-def _encoded(image: np.ndarray, kind: str) -> bytes:
-    """A uint8 image encoded as a PNG or as a JPEG (quality 85, no chroma subsampling)."""
+def _encoded(image: np.ndarray, kind: str, quality: int = 85) -> bytes:
+    """A uint8 image encoded as a PNG or as a JPEG (no chroma subsampling)."""
     if image.dtype != np.uint8:
         raise TypeError(
             f"images are written from uint8 arrays (render them first), got {image.dtype}"
@@ -52,7 +55,9 @@ def _encoded(image: np.ndarray, kind: str) -> bytes:
     if kind == "PNG":
         Image.fromarray(image).save(buffer, format="PNG", compress_level=6)
     else:
-        Image.fromarray(image).convert("RGB").save(buffer, format="JPEG", quality=85, subsampling=0)
+        Image.fromarray(image).convert("RGB").save(
+            buffer, format="JPEG", quality=quality, subsampling=0
+        )
     return buffer.getvalue()
 
 
