@@ -1,18 +1,47 @@
-"""The ground floor of every file convlens writes or resumes from: atomic writes, and checkpoints
-(safetensors with their metadata embedded) with one writer and one reader."""
+"""The ground floor of every file convlens writes or resumes from: atomic writes, image encoding
+(one PNG and one JPEG setting for files and notebooks alike), and checkpoints (safetensors with
+their metadata embedded) with one writer and one reader."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image, PngImagePlugin
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from convlens._errors import ConvlensError
+
+
+def encode_image(
+    image: np.ndarray, kind: str, *, quality: int = 85, title: str | None = None
+) -> bytes:
+    """A uint8 (H, W, 3) or (H, W) image as PNG bytes (zlib level 6: Pillow's `optimize` made
+    files 1 % smaller at 2.5x the time) or JPEG bytes (no chroma subsampling, which washes out
+    thin coloured detail); `title` goes into the PNG's "Title" or the JPEG's comment."""
+    if image.dtype != np.uint8:
+        raise TypeError(
+            f"images are encoded from uint8 arrays (render them first), got {image.dtype}"
+        )
+    buffer = io.BytesIO()
+    if kind == "PNG":
+        info = PngImagePlugin.PngInfo()
+        if title is not None:
+            info.add_text("Title", title)
+        Image.fromarray(image).save(buffer, format="PNG", pnginfo=info, compress_level=6)
+    elif kind == "JPEG":
+        comment = {"comment": title.encode()} if title is not None else {}
+        rgb = Image.fromarray(image).convert("RGB")
+        rgb.save(buffer, format="JPEG", quality=quality, subsampling=0, **comment)
+    else:
+        raise ValueError(f"kind must be 'PNG' or 'JPEG', got {kind!r}")
+    return buffer.getvalue()
 
 
 def replace_atomically(path: str | Path, write: Callable[[Path], object]) -> Path:

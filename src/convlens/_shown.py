@@ -13,12 +13,12 @@ from __future__ import annotations
 import base64
 import functools
 import html
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, PngImagePlugin
+
+from convlens._io import encode_image
 
 MAX_IMAGES = 8
 """Images of a batch a picture draws (its title says how many there were): results keep a
@@ -35,19 +35,11 @@ class Picture:
 
     def png(self) -> bytes:
         """The figure as PNG bytes, titled."""
-        info = PngImagePlugin.PngInfo()
-        info.add_text("Title", self.title)
-        buffer = io.BytesIO()
-        Image.fromarray(self.array).save(buffer, format="PNG", pnginfo=info, compress_level=6)
-        return buffer.getvalue()
+        return encode_image(self.array, "PNG", title=self.title)
 
     def jpeg(self) -> bytes:
         """The figure as JPEG bytes (quality 85, no chroma subsampling), titled in its comment."""
-        buffer = io.BytesIO()
-        Image.fromarray(self.array).convert("RGB").save(
-            buffer, format="JPEG", quality=85, subsampling=0, comment=self.title.encode()
-        )
-        return buffer.getvalue()
+        return encode_image(self.array, "JPEG", title=self.title)
 
     def encoded(self) -> tuple[str, bytes]:
         """(MIME type, bytes): the PNG, or the JPEG when it is under half the PNG's size
