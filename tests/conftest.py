@@ -45,6 +45,18 @@ class TinyResNet(nn.Module):
         return self.head(out.mean((2, 3)))
 
 
+class DataDependent(nn.Module):
+    """A conv whose output's sign depends on its values: control flow torch.fx cannot trace."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return y if y.sum() > 0 else -y
+
+
 def batchnorm_net() -> nn.Sequential:
     """Conv → batch-norm pairs (a conv without bias, a norm without affine) with running
     statistics far from the identity, then a classifier head; in eval mode."""

@@ -7,7 +7,7 @@ from unittest import mock
 import pytest
 import torch
 import torchvision
-from conftest import TinyResNet, batchnorm_net, random_builtin, small_sequential
+from conftest import DataDependent, TinyResNet, batchnorm_net, random_builtin, small_sequential
 from torch import nn
 
 import convlens.synthesis.units as units
@@ -115,16 +115,6 @@ def test_the_work_is_the_share_of_multiply_adds_over_the_cone():
     assert cone.work == pytest.approx((9 * first + second) / (81 * first + 81 * second))
 
 
-class DataDependent(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 2, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x)
-        return y if y.sum() > 0 else -y  # control flow on values: fx cannot trace it
-
-
 def test_unit_images_run_the_model_itself_when_it_cannot_be_traced():
     with pytest.raises(Untraceable, match=r"torch\.fx could not trace"):
         Cone(DataDependent(), "conv", (1, 9, 9), (1, 1))
@@ -141,7 +131,7 @@ def test_unit_images_on_the_cone_equal_those_of_the_plain_forward():
     chaotic optimisation amplifies rounding, so the objectives reached stay close."""
     loaded = random_builtin()
     canvas = units.unit_canvas(loaded.model, "features.12", loaded.input_size)
-    runner, _ = units._runner(loaded.model, "features.12", (1, canvas.side, canvas.side), canvas)
+    runner, _ = units._runner(loaded.model, "features.12", 1, canvas)
     assert isinstance(runner, Cone)  # 47 % of the work: the cone is what runs
     made = {}
     for runner in ("plain", "cone"):
@@ -271,5 +261,5 @@ def test_unit_images_run_the_model_itself_when_the_cone_would_save_little():
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 2, 5))
     canvas = units.unit_canvas(model, "2", (1, 7, 7))
     assert Cone(model, "2", (1, canvas.side, canvas.side), (canvas.y, canvas.x)).work > 0.75
-    runner, position = units._runner(model, "2", (1, canvas.side, canvas.side), canvas)
+    runner, position = units._runner(model, "2", 1, canvas)
     assert runner is model and position == (canvas.y, canvas.x)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
-from conftest import TinyResNet, batchnorm_net, small_sequential
+from conftest import DataDependent, TinyResNet, batchnorm_net, small_sequential
 from torch import nn
 
 from convlens.hooks import capture
@@ -113,16 +113,6 @@ def test_the_recomputed_span_covers_every_output_the_patch_reaches(geometry):
         reached = brute_force_reach(start, 5, out_length, kernel, stride, pad, dilation)
         assert set(reached) <= set(range(first, first + length))
         assert first >= 0 and first + length <= out_length
-
-
-class DataDependent(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 2, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x)
-        return y if y.sum() > 0 else -y  # control flow on values: fx cannot trace it
 
 
 def test_an_untraceable_model_is_reported():

@@ -201,18 +201,12 @@ def traced(model: nn.Module) -> fx.GraphModule:
 def output_node(module: fx.GraphModule, layer: str) -> fx.Node:
     """The last node computed inside module `layer` (its output); a module called more than
     once (a reused ReLU) has no one output and is refused, as `capture` refuses it."""
-    calls = {  # fx names a module's second call "<layer>@1" in each node's module stack
-        path
-        for node in module.graph.nodes
-        for path in node.meta.get("nn_module_stack", {})
-        if path.split("@")[0] == layer
-    }
-    inside = [
-        node
-        for node in module.graph.nodes
-        if any(path.split("@")[0] == layer for path in node.meta.get("nn_module_stack", {}))
-        or (node.op == "call_module" and node.target == layer)
-    ]
+    inside, calls = [], set()  # fx names a module's second call "<layer>@1" in node stacks
+    for node in module.graph.nodes:
+        keys = {p for p in node.meta.get("nn_module_stack", {}) if p.split("@")[0] == layer}
+        if keys or (node.op == "call_module" and node.target == layer):
+            inside.append(node)
+            calls |= keys
     if not inside:
         raise Untraceable(f"layer {layer!r} has no node in the traced graph")
     if len(calls) > 1:

@@ -20,7 +20,7 @@ from convlens.attribution import METHODS, channel_attribution, deconvnet
 from convlens.data.select import item
 from convlens.hooks import model_device
 from convlens.occlusion import default_geometry, occlusion
-from convlens.report import figures, write_image, write_png, write_smaller
+from convlens.report import figures, write_image, write_images, write_png, write_smaller
 from convlens.report.results import save_neuron_groups, save_occlusion
 from convlens.targets import Unit
 
@@ -43,7 +43,7 @@ def image_page(job: Job, index: int) -> tuple[dict, NeuronGroups | None]:
         probs = model(image[None].to(model_device(model))).softmax(dim=1)[0].cpu()
     top = probs.topk(min(3, len(probs)))
     predicted = int(top.indices[0])
-    write_figures(job, folder, attribution_figures(job, image, predicted))
+    write_images(folder, attribution_figures(job, image, predicted), job.site.figure_suffix)
     maps = layer_maps(model, image, job.layers)  # one forward for the layers and the groups
     layers = layer_figures(job, image, maps, folder)
     occluded = occlusion(
@@ -128,13 +128,6 @@ def attribution_figures(job: Job, image: torch.Tensor, predicted: int) -> dict[s
     return shown
 
 
-def write_figures(job: Job, folder: Path, made: dict[str, np.ndarray]) -> None:
-    """Each named figure as `<folder>/<name>` with the site's figure suffix (JPEG on a photo
-    site)."""
-    for name, figure in made.items():
-        write_image(folder / f"{name}{job.site.figure_suffix}", figure)
-
-
 def _geometry(image: torch.Tensor) -> dict:
     window, stride = default_geometry(min(image.shape[-2:]))
     return {"window": window, "stride": stride}
@@ -148,7 +141,8 @@ def layer_figures(
     grids = figures.feature_map_figures(maps, "maps", tile=40)  # spatial maps only
     layers = []
     for layer, values in maps.items():
-        grid, name = grids.get(f"maps-{safe_name(layer)}"), f"maps-{safe_name(layer)}"
+        name = f"maps-{safe_name(layer)}"
+        grid = grids.get(name)
         written = None
         if grid is not None:
             written = (

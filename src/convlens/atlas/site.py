@@ -105,8 +105,9 @@ class Site:
 
     @property
     def figure_suffix(self) -> str:
-        """The image pages' figures: ".jpg" on a photo site (photographs, overlays and heat maps
-        at 3-10x less than PNG: a resnet50 image page's figures 5.5 MB as PNG), else ".png"."""
+        """The suffix of the photographic figures (`PHOTO_KINDS`, the dataset images, the image
+        pages' figures): ".jpg" on a photo site (photographs, overlays and heat maps at 3-10x
+        less than PNG: a resnet50 image page's figures 5.5 MB as PNG), else ".png"."""
         return ".jpg" if self.photo else ".png"
 
     @staticmethod

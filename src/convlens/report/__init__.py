@@ -4,6 +4,7 @@ one `save_<result>` per kind of result (`results`). Nothing here runs a model.""
 from convlens._io import write_checkpoint, write_json
 from convlens.report.writer import (
     write_image,
+    write_images,
     write_jpeg,
     write_npz,
     write_page,
@@ -16,6 +17,7 @@ from convlens.report.writer import (
 __all__ = [
     "write_checkpoint",
     "write_image",
+    "write_images",
     "write_jpeg",
     "write_json",
     "write_npz",

@@ -54,7 +54,12 @@ def write_image(path: str | Path, image: np.ndarray) -> Path:
 
 def write_pngs(folder: str | Path, figures: dict[str, np.ndarray]) -> list[Path]:
     """Save each named figure as `<folder>/<name>.png`."""
-    return [write_png(Path(folder) / f"{name}.png", image) for name, image in figures.items()]
+    return write_images(folder, figures, ".png")
+
+
+def write_images(folder: str | Path, figures: dict[str, np.ndarray], suffix: str) -> list[Path]:
+    """Save each named figure as `<folder>/<name><suffix>` (.png or .jpg, `write_image`)."""
+    return [write_image(Path(folder) / f"{name}{suffix}", image) for name, image in figures.items()]
 
 
 def write_npz(path: str | Path, **arrays: np.ndarray) -> Path:

@@ -168,9 +168,8 @@ def _on_canvas(
     if bounded and batch_size is None:
         batch_size = budget_chunk(canvas.side)
     sized = replace(prep, size=(canvas.side, canvas.side), resize=None)
-    runner, (y, x) = module, (canvas.y, canvas.x)
-    if not options.get("diversity_weight"):  # diversity compares whole maps: not on the cone
-        runner, (y, x) = _runner(module, layer, (prep.channels, canvas.side, canvas.side), canvas)
+    whole_maps = bool(options.get("diversity_weight"))  # diversity compares whole maps
+    runner, (y, x) = _runner(module, layer, prep.channels, canvas, whole_maps)
 
     def run(part: list[int], offset: int) -> Synthesis:
         return synthesize(
@@ -194,16 +193,19 @@ faster)."""
 
 
 def _runner(
-    module: nn.Module, layer: str, input_size: tuple[int, int, int], canvas: Canvas
+    module: nn.Module, layer: str, channels: int, canvas: Canvas, whole_maps: bool = False
 ) -> tuple[nn.Module, tuple[int, int]]:
     """What the unit images' forward runs, and the position of the unit in its output: the
-    canvas position's cone, or the model itself when fx cannot trace it or the cone saves
-    little."""
-    try:
-        cone = Cone(module, layer, input_size, (canvas.y, canvas.x))
-    except Untraceable:
-        return module, (canvas.y, canvas.x)
-    return (cone, (0, 0)) if cone.work <= CONE_WORK else (module, (canvas.y, canvas.x))
+    canvas position's cone, or the model itself when the objective needs `whole_maps`, fx
+    cannot trace the model or the cone saves little."""
+    if not whole_maps:
+        try:
+            cone = Cone(module, layer, (channels, canvas.side, canvas.side), (canvas.y, canvas.x))
+        except Untraceable:
+            cone = None
+        if cone is not None and cone.work <= CONE_WORK:
+            return cone, (0, 0)
+    return module, (canvas.y, canvas.x)
 
 
 def in_chunks(
