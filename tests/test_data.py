@@ -149,3 +149,19 @@ def test_sample_photos_by_name_and_close_match():
     assert image.shape == (3, 32, 32) and label == -1 and len(data) == 2
     with pytest.raises(cl.ConvlensError, match="'chelsea'"):
         open_data("sample:chelsey")
+
+
+def test_one_per_class_takes_each_class_first_then_the_rest_in_order():
+    from torch.utils.data import TensorDataset
+
+    from convlens.data.select import one_per_class
+
+    data = TensorDataset(torch.zeros(6, 1, 2, 2), torch.tensor([2, 2, 0, 1, 0, 1]))
+    assert one_per_class(data, 2) == [0, 1]  # labels it cannot read without loading: in order
+    data.labels = data.tensors[1]
+    assert one_per_class(data, 0) == []
+    assert one_per_class(data, 2) == [0, 2]
+    assert one_per_class(data, 5) == [0, 2, 3, 1, 4]
+    assert one_per_class(data, 9) == [0, 2, 3, 1, 4, 5]
+    with pytest.raises(ValueError, match="count must be >= 0"):
+        one_per_class(data, -1)

@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 
 from convlens._errors import ConvlensError
 from convlens._progress import tqdm
+from convlens.atlas.ledger import clear_ledgers
 from convlens.atlas.pages import write_pages
 from convlens.atlas.site import AtlasConfig, Job, Site
 from convlens.atlas.stages import STAGES, merge_records
@@ -32,8 +33,9 @@ def write_atlas(
 
     Work happens in named stages; each finished stage leaves a marker in `.stages/` (what the
     pages need, and the stage's seconds), so `resume=True` skips it when it was built with the
-    same model, data, layers and images (files are written atomically, so an interrupted stage
-    is simply redone). Pages are written last,
+    same model, data, layers and images. Files are written atomically, so an interrupted stage
+    is simply redone, but for the units its ledger (`convlens.atlas.ledger`) lists as
+    finished: the top-9 figures and unit images resume unit by unit. Pages are written last,
     from what the stages left; a section whose stage did not run shows a note. Under torchrun
     every rank takes its share of each stage's work and rank 0 writes the pages.
 
@@ -51,18 +53,31 @@ def write_atlas(
     bar = tqdm(wanted, desc="atlas", unit="stage", disable=not progress or rank != 0)
     for name in bar:
         bar.set_postfix(stage=name)
-        finished = site.marker(name)
-        if not (resume and finished and finished.get("settings") == job.settings(name)):
-            started = time.perf_counter()
-            record = merge_records(name, gather_objects(STAGES[name](job)))
-            seconds = round(time.perf_counter() - started, 2)
-            if rank == 0:
-                site.mark(name, {**record, "settings": job.settings(name), "seconds": seconds})
+        settings, finished = job.settings(name), site.marker(name)
+        if not (resume and finished and finished.get("settings") == settings):
+            _run_stage(job, name, settings if resume else None)
         barrier()  # the next stage reads what every rank wrote
     if rank == 0:
         write_pages(job)
     barrier()
     return site.out / "index.html"
+
+
+def _run_stage(job: Job, name: str, resumed: dict | None) -> None:
+    """Run stage `name` on every rank and mark it finished. Its marker is removed first (its
+    files are about to change), and so are its ledgers, but those of an interrupted run with the
+    `resumed` settings, whose finished units the stage then skips."""
+    site = job.site
+    if job.rank == 0:
+        site.unmark(name)
+        clear_ledgers(site.stages, name, keep=resumed)
+    barrier()  # no rank reads a ledger before it is cleared
+    started = time.perf_counter()
+    record = merge_records(name, gather_objects(STAGES[name](job)))
+    seconds = round(time.perf_counter() - started, 2)
+    if job.rank == 0:  # every rank has finished: gather_objects waits for them all
+        site.mark(name, {**record, "settings": job.settings(name), "seconds": seconds})
+        clear_ledgers(site.stages, name)
 
 
 def atlas_layers(loaded: LoadedModel, wanted: list[str] | None) -> list[str]:

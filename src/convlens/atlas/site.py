@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 from convlens._io import safe_name, write_json
 from convlens._progress import tqdm
 from convlens.analysis.activation_atlas import MAX_GRID
+from convlens.atlas.ledger import Ledger, open_ledger
 from convlens.hooks import model_device
 from convlens.models.fusion import native_bfloat16
 from convlens.models.loading import LoadedModel
@@ -41,10 +42,11 @@ class AtlasConfig:
             raise ValueError(f"synthesis must be one of {SYNTHESIS_MODES}, got {self.synthesis!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        for name, low, high in (("atlas_grid", 1, MAX_GRID), ("atlas_samples", 2, None)):
+        limits = (("images", 0, None), ("atlas_grid", 1, MAX_GRID), ("atlas_samples", 2, None))
+        for name, low, high in limits:
             value = getattr(self, name)
             if not isinstance(value, int) or value < low or (high and value > high):
-                allowed = f"from {low} to {high}" if high else f">= {low}"
+                allowed = f"from {low} to {high}" if high is not None else f">= {low}"
                 raise ValueError(f"{name} must be an integer {allowed}, got {value!r}")
 
     layers: list[str] | None = None
@@ -129,14 +131,23 @@ class Site:
         on it starts with."""
         return "../" * page.count("/")
 
+    @property
+    def stages(self) -> Path:
+        """`.stages/`: the markers of finished stages and the ledgers of unfinished ones."""
+        return self.out / ".stages"
+
     def marker(self, stage: str) -> dict | None:
         """What a finished stage recorded, or None when it has not finished."""
-        path = self.out / ".stages" / f"{stage}.json"
+        path = self.stages / f"{stage}.json"
         return json.loads(path.read_text()) if path.exists() else None
 
     def mark(self, stage: str, record: dict) -> None:
         """Record that `stage` finished, with what the pages need from it."""
-        write_json(self.out / ".stages" / f"{stage}.json", record)
+        write_json(self.stages / f"{stage}.json", record)
+
+    def unmark(self, stage: str) -> None:
+        """Forget that `stage` finished: it is being built again, and its files change."""
+        (self.stages / f"{stage}.json").unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -162,6 +173,11 @@ class Job:
         if self.config.precision == "auto":
             return native_bfloat16(model_device(self.loaded.model))
         return self.config.precision == "bfloat16"
+
+    def ledger(self, stage: str) -> Ledger:
+        """The units of `stage` an interrupted run with the same settings finished (`write_atlas`
+        clears the logs first unless it resumes), and this rank's log of those it finishes."""
+        return open_ledger(self.site.stages, stage, self.settings(stage), self.rank)
 
     def mine(self, items: Sequence) -> list:
         """This rank's share of a stage's independent work items (all of them in one process)."""

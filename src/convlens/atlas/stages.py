@@ -146,14 +146,20 @@ def scan_stage(job: Job) -> dict:
 def units(job: Job) -> dict:
     """Per channel: Fig. 2 and its thumbnail (the patches); the whole source images, each
     dataset image written once. Several channels share one deconvnet pass (`unit_groups`)."""
-    result, model = scan_result(job), job.loaded.model
+    result, model, ledger = scan_result(job), job.loaded.model, job.ledger("units")
     fields = {layer: receptive_field(model, layer, job.loaded.input_size) for layer in job.layers}
-    work = [(layer, c) for layer in job.layers for c in range(result[layer].values.shape[0])]
+    work = [
+        (layer, c)
+        for layer in job.layers
+        for c in range(result[layer].values.shape[0])
+        if not ledger.finished(layer, c)
+    ]
     bar = job.bar(job.mine(work), "top-9 images")
     for layer, channels in unit_groups(bar, _channels_per_pass(job)):
         found = top_examples_of(model, job.data, result[layer], layer, channels, fields[layer])
         for c, examples in zip(channels, found):
             _unit_figures(job, layer, c, examples)
+        ledger.record(layer, channels)
     return {"layers": job.layers}
 
 
@@ -199,16 +205,25 @@ def _unit_figures(job: Job, layer: str, c: int, examples: TopExamples) -> None:
 def synthesis(job: Job) -> dict:
     """A synthesised image per unit (`unit_images`: a layer's units together, in chunks that
     bound memory, after a printed time estimate) and class models."""
-    result, sizes = scan_result(job), {}
-    work = {layer: result[layer].values.shape[0] for layer in job.mine(job.layers)}
-    if job.progress and job.rank == 0 and work:
-        tqdm.write(unit_images.announce(job, work))
-    for layer, count in work.items():  # split by layer between ranks
-        made = unit_images.layer_images(job, layer, list(range(count)))
-        if job.config.synthesis == "unit":
-            sizes[layer] = unit_images.side(job, layer)
-        for c, image in enumerate(made.images):
-            write_image(job.site.unit_image(layer, c, "synthesis"), render.picture(image, 96))
+    result, ledger = scan_result(job), job.ledger("synthesis")
+    work = {  # split by layer between ranks; a chunk is redone unless all its units are done
+        layer: [
+            part
+            for part in unit_images.chunks(job, layer, result[layer].values.shape[0])
+            if not all(ledger.finished(layer, c) for c in part)
+        ]
+        for layer in job.mine(job.layers)
+    }
+    if job.progress and job.rank == 0 and any(work.values()):
+        tqdm.write(unit_images.announce(job, {k: sum(map(len, v)) for k, v in work.items()}))
+    for layer, parts in work.items():
+        for part in parts:
+            made = unit_images.layer_images(job, layer, part)
+            for c, image in zip(part, made.images):
+                write_image(job.site.unit_image(layer, c, "synthesis"), render.picture(image, 96))
+            ledger.record(layer, part)
+    unit = job.config.synthesis == "unit"
+    sizes = {layer: unit_images.side(job, layer) for layer in work} if unit else {}
     record = {"mode": job.config.synthesis, "sides": sizes}
     if job.rank == 0:
         classes = list(range(min(len(job.loaded.classes), 10)))

@@ -1,5 +1,6 @@
 """The synthesised image of every unit of a layer, for the atlas: sized to the unit (`"unit"`
-mode, `synthesize_units`) or the whole input (`"full"`), optimised in chunks that bound memory,
+mode, `synthesize_units`) or the whole input (`"full"`), optimised in chunks that bound memory
+(each chunk's images are those of the whole layer's batch, so a build resumes chunk by chunk),
 and an estimate of the time they take, measured before the work starts."""
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from convlens.synthesis.units import (
     UNIT_LR,
     UNIT_STEPS,
     budget_chunk,
-    in_chunks,
     synthesize_units,
     unit_canvas,
 )
@@ -38,17 +38,18 @@ def side(job: Job, layer: str) -> int:
     return min(size[-2:])
 
 
-def chunk(job: Job, layer: str) -> int:
-    """Units optimised at once for `layer`, within `PIXEL_BUDGET`."""
-    return budget_chunk(side(job, layer))
+def chunks(job: Job, layer: str, count: int) -> list[range]:
+    """`layer`'s units 0..count-1 in the chunks optimised at once, within `PIXEL_BUDGET`."""
+    size = budget_chunk(side(job, layer))
+    return [range(i, min(i + size, count)) for i in range(0, count, size)]
 
 
 def layer_images(
-    job: Job, layer: str, units: list[int], step_count: int | None = None, progress: bool = True
+    job: Job, layer: str, units: range, step_count: int | None = None, progress: bool = True
 ) -> Synthesis:
-    """The images of `units` of `layer`, `chunk` at a time (the chunks do not change them)."""
-    count, batch = step_count or steps(job), chunk(job, layer)
-    bars = progress and job.progress and job.rank == 0
+    """The images of the consecutive `units` of `layer` (at most a chunk), each the image it
+    gets when all of the layer's units are optimised as one batch."""
+    count, bars = step_count or steps(job), progress and job.progress and job.rank == 0
     if job.config.synthesis == "unit":
         return synthesize_units(
             job.loaded,
@@ -56,24 +57,19 @@ def layer_images(
             units,
             steps=count,
             lr=UNIT_LR,
-            batch_size=batch,
             progress=bars,
             fast=job.fast,
+            offset=units.start,
         )[0]
-
-    def run(part: list[int], offset: int) -> Synthesis:
-        objective = channel(layer, [units[i] for i in part])
-        return synthesize(
-            job.loaded,
-            objective,
-            steps=count,
-            n=len(part),
-            offset=offset,
-            progress=bars,
-            fast=job.fast,
-        )
-
-    return in_chunks(run, [f"map {c}" for c in units], batch, channel(layer, units).name)
+    return synthesize(
+        job.loaded,
+        channel(layer, list(units)),
+        steps=count,
+        n=len(units),
+        offset=units.start,
+        progress=bars,
+        fast=job.fast,
+    )
 
 
 def estimate_seconds(job: Job, work: dict[str, int]) -> float:
@@ -82,7 +78,7 @@ def estimate_seconds(job: Job, work: dict[str, int]) -> float:
     leans high)."""
     total = 0.0
     for layer, count in work.items():
-        units = list(range(min(count, chunk(job, layer))))
+        units = chunks(job, layer, count)[0]
         started = time.perf_counter()
         layer_images(job, layer, units, step_count=2, progress=False)
         per_step = (time.perf_counter() - started) / 2

@@ -70,14 +70,16 @@ def is_labelled(data: Dataset) -> bool:
 def one_per_class(data: Dataset, count: int) -> list[int]:
     """`count` indices: the first item of each class while classes last, then the next indices
     in order (the first `count` when the labels are unknown or absent)."""
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
     found = known_labels(data)
     chosen, seen = [], set()
     for index, label in enumerate([] if found is None else found.tolist()):
+        if len(chosen) == count:
+            return chosen
         if label >= 0 and label not in seen:
             seen.add(label)
             chosen.append(index)
-        if len(chosen) == count:
-            return chosen
     taken = set(chosen)
     rest = [i for i in range(len(data)) if i not in taken]
     return chosen + rest[: count - len(chosen)]

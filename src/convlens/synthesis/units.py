@@ -164,6 +164,7 @@ def _on_canvas(
     of `batch_size` (None: one chunk, or with `bounded` as many as fit `PIXEL_BUDGET`). The
     model runs as the canvas position's `Cone` when that saves work."""
     module, prep = resolve_model(model, options.pop("preprocess", None))
+    first = int(options.pop("offset", 0))  # these images' place in a larger batch
     canvas = unit_canvas(module, layer, (prep.channels, *prep.size))
     if bounded and batch_size is None:
         batch_size = budget_chunk(canvas.side)
@@ -178,7 +179,7 @@ def _on_canvas(
             n=len(part),
             preprocess=sized,
             redirect_relu=True,
-            offset=offset,
+            offset=first + offset,
             **options,
         )
 
