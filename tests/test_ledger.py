@@ -14,6 +14,7 @@ from convlens.atlas.ledger import clear_ledgers, open_ledger
 from convlens.atlas.stages import SKIPPABLE
 from convlens.data import FashionMNIST
 from convlens.data.fashion_mnist import DEBIAN_DIR
+from convlens.synthesis import optimize
 from tests.conftest import random_builtin
 
 CHUNK = 12  # units synthesised at once (32 and 64 units: 3 and 6 chunks)
@@ -96,7 +97,7 @@ def test_an_interrupted_build_redoes_only_unfinished_units_and_equals_an_uninter
     assert not (broken / ".stages" / "units.json").exists()
     with monkeypatch.context() as patch:
         passes = counted(patch, stages, "top_examples_of")
-        counted(patch, unit_images, "layer_images", stop_at=5)  # 5th chunk of 9
+        counted(patch, optimize, "_step", stop_at=4 * 3 + 2)  # Ctrl-C in chunk 5 of 9, step 2
         with pytest.raises(KeyboardInterrupt):
             build(broken, resume=True)
     assert len(passes) == 12 - 5

@@ -70,6 +70,30 @@ def test_each_objective_increases_and_the_model_is_left_as_found(objective, pres
     assert float(result.images.min()) >= 0 and float(result.images.max()) <= 1
 
 
+def test_an_interruption_propagates_unless_the_images_so_far_are_wanted(monkeypatch):
+    from convlens.synthesis import optimize
+
+    real, steps = optimize._step, []
+
+    def interrupted_at_step_3(loop, *args):
+        if len(steps) == 3:
+            raise KeyboardInterrupt
+        steps.append(1)
+        real(loop, *args)
+
+    monkeypatch.setattr(optimize, "_step", interrupted_at_step_3)
+    model = classifier()
+    before = state(model)
+    with pytest.raises(KeyboardInterrupt):  # a chunk of an atlas must not pass as finished
+        synthesis.synthesize(model, 2, steps=10, preprocess=GREY)
+    assert_unchanged(before, model)
+    steps.clear()
+    with pytest.warns(UserWarning, match="interrupted at step 3; returning the image so far"):
+        kept = synthesis.synthesize(model, 2, steps=10, preprocess=GREY, keep_on_interrupt=True)
+    assert kept.trace.shape == (3, 1)
+    assert_unchanged(before, model)
+
+
 def test_objective_algebra_matches_the_arithmetic():
     acts = {"a": torch.arange(24.0).view(2, 3, 2, 2)}
     logits = torch.tensor([[1.0, 5.0], [2.0, -1.0]])

@@ -99,6 +99,7 @@ def _synthesize(args: argparse.Namespace) -> None:
         seed=args.seed,
         diversity_weight=args.diversity,
         progress=True,
+        keep_on_interrupt=True,
     )
     path = save_synthesis(result, args.out, f"synthesis-{args.preset}")
     print(f"{result.preset.describe()}\nwrote {path} and its .npz")

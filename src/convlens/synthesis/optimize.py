@@ -132,6 +132,7 @@ def synthesize(
     fast: bool = False,
     progress: bool = False,
     offset: int = 0,
+    keep_on_interrupt: bool = False,
     **overrides: object,
 ) -> Synthesis:
     """Images that maximise `objective` (class index, "layer:channel", Objective, ...).
@@ -155,6 +156,9 @@ def synthesize(
             starts from the draws it would get in the whole batch, and the random transforms are
             the whole batch's, so the chunks together equal one run unless a diversity term
             couples the images.
+        keep_on_interrupt: Ctrl-C ends the optimisation and returns the images so far, with a
+            warning (the `synthesize` command); otherwise it propagates, so that a run of many
+            chunks (an atlas) stops instead of keeping half-optimised images as finished ones.
     """
     module, prep = resolve_model(model, preprocess)
     preset = preset_named(preset, steps=steps, **overrides)
@@ -173,6 +177,8 @@ def synthesize(
             for step in tqdm(range(preset.steps), desc="synthesize", disable=not progress):
                 _step(loop, acts, objective, preset, step)
         except KeyboardInterrupt:
+            if not keep_on_interrupt:
+                raise
             warnings.warn(
                 f"interrupted at step {len(loop.trace)}; returning the image so far", stacklevel=2
             )
