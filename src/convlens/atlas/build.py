@@ -55,7 +55,7 @@ def write_atlas(
         bar.set_postfix(stage=name)
         settings, finished = job.settings(name), site.marker(name)
         if not (resume and finished and finished.get("settings") == settings):
-            _run_stage(job, name, settings if resume else None)
+            run_stage(job, name, settings if resume else None)
         barrier()  # the next stage reads what every rank wrote
     if rank == 0:
         write_pages(job)
@@ -63,10 +63,11 @@ def write_atlas(
     return site.out / "index.html"
 
 
-def _run_stage(job: Job, name: str, resumed: dict | None) -> None:
-    """Run stage `name` on every rank and mark it finished. Its marker is removed first (its
-    files are about to change), and so are its ledgers, but those of an interrupted run with the
-    `resumed` settings, whose finished units the stage then skips."""
+def run_stage(job: Job, name: str, resumed: dict | None = None) -> dict:
+    """Run stage `name` on every rank, mark it finished and return its marker (the record, the
+    settings, the seconds). Its marker is removed first (its files are about to change), and so
+    are its ledgers, but those of an interrupted run with the `resumed` settings, whose finished
+    units the stage then skips."""
     site = job.site
     if job.rank == 0:
         site.unmark(name)
@@ -75,9 +76,11 @@ def _run_stage(job: Job, name: str, resumed: dict | None) -> None:
     started = time.perf_counter()
     record = merge_records(name, gather_objects(STAGES[name](job)))
     seconds = round(time.perf_counter() - started, 2)
+    marker = {**record, "settings": job.settings(name), "seconds": seconds}
     if job.rank == 0:  # every rank has finished: gather_objects waits for them all
-        site.mark(name, {**record, "settings": job.settings(name), "seconds": seconds})
+        site.mark(name, marker)
         clear_ledgers(site.stages, name)
+    return marker
 
 
 def atlas_layers(loaded: LoadedModel, wanted: list[str] | None) -> list[str]:
