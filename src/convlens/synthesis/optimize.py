@@ -173,16 +173,29 @@ def synthesize(
         backward_rule("redirected", whole=False) if redirect_relu else nullcontext(),
         torch.autocast(model_device(module).type, dtype=torch.bfloat16, enabled=fast),
     ):
-        try:
-            for step in tqdm(range(preset.steps), desc="synthesize", disable=not progress):
-                _step(loop, acts, objective, preset, step)
-        except KeyboardInterrupt:
-            if not keep_on_interrupt:
-                raise
-            warnings.warn(
-                f"interrupted at step {len(loop.trace)}; returning the image so far", stacklevel=2
-            )
+        _steps(loop, acts, objective, preset, progress, keep_on_interrupt)
     return replace(_finish(loop, objective, preset, prep, n), labels=labels)
+
+
+def _steps(
+    loop: _Loop,
+    acts: Captured,
+    objective: Objective,
+    preset: Preset,
+    progress: bool,
+    keep_on_interrupt: bool,
+) -> None:
+    """The preset's steps; Ctrl-C ends them with a warning when `keep_on_interrupt`, else it
+    propagates."""
+    try:
+        for step in tqdm(range(preset.steps), desc="synthesize", disable=not progress):
+            _step(loop, acts, objective, preset, step)
+    except KeyboardInterrupt:
+        if not keep_on_interrupt:
+            raise
+        warnings.warn(
+            f"interrupted at step {len(loop.trace)}; returning the image so far", stacklevel=3
+        )
 
 
 def image_labels(goal: Objective, card: ModelCard, n: int, offset: int = 0) -> tuple[str, ...]:
