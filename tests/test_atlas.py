@@ -342,6 +342,9 @@ def test_precision_is_bfloat16_where_the_hardware_has_it_unless_chosen(monkeypat
         assert job("auto").settings("synthesis")["bfloat16"] is native
     with pytest.raises(ValueError, match="precision must be one of"):
         AtlasConfig(precision="half")
+    for images in (-1, True, 2.0):
+        with pytest.raises(ValueError, match="images must be an integer >= 0"):
+            AtlasConfig(images=images)
 
 
 def test_a_layer_without_feature_maps_is_refused_before_anything_is_written(tmp_path):

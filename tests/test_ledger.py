@@ -30,8 +30,10 @@ def test_a_ledger_keeps_the_units_logged_under_the_same_settings(tmp_path):
     again = open_ledger(tmp_path, "units", {"steps": 4}, rank=0)
     assert again.done == {"features.1\t0", "features.1\t1", "features.13\t5"}
     assert again.finished("features.13", 5) and not again.finished("features.1", 2)
-    again.record("features.1", [3])  # starts its own line after the cut-off one
-    assert open_ledger(tmp_path, "units", {"steps": 4}, rank=0).finished("features.1", 3)
+    again.record("features.1", [3])  # starts its own line: the cut-off one is gone
+    for _ in range(2):
+        reopened = open_ledger(tmp_path, "units", {"steps": 4}, rank=0)
+        assert reopened.finished("features.1", 3) and not reopened.finished("features.1", 2)
     assert not open_ledger(tmp_path, "units", {"steps": 8}, rank=2).done  # other settings
     clear_ledgers(tmp_path, "units", keep={"steps": 8})
     assert [p.name for p in tmp_path.glob("units.*.log")] == ["units.2.log"]
@@ -53,9 +55,9 @@ def build(tmp_path_factory):
         data_description="fashion-mnist test, first 40",
     )
 
-    def run(out: Path, resume: bool = False, steps: int = 3) -> Path:
+    def run(out: Path, resume: bool = False, steps: int = 3, progress: bool = False) -> Path:
         settings = AtlasConfig(**{**config.__dict__, "synthesis_steps": steps})
-        return write_atlas(loaded, data, out, settings, resume=resume, progress=False)
+        return write_atlas(loaded, data, out, settings, resume=resume, progress=progress)
 
     return run
 
@@ -104,8 +106,8 @@ def test_an_interrupted_build_redoes_only_unfinished_units_and_equals_an_uninter
     assert (broken / ".stages" / "units.json").exists()
     assert not list((broken / ".stages").glob("units.*.log"))  # cleared once it finished
     chunks = counted(monkeypatch, unit_images, "layer_images")
-    build(broken, resume=True)
-    assert len(chunks) == 9 - 4
+    build(broken, resume=True, progress=True)  # features.1 done: its time is not estimated
+    assert len(chunks) == 9 - 4 + 1  # and one chunk of features.13 timed for the estimate
     assert unit_files(broken) == unit_files(tmp_path / "whole")
     assert (broken / "units/features.13/0063.html").exists()
 
@@ -121,3 +123,17 @@ def test_other_settings_or_no_resume_redo_every_unit(build, small_passes, monkey
             chunks = counted(patch, unit_images, "layer_images")
             build(out, resume=resume, steps=steps)
         assert len(chunks) == 9, (resume, steps)
+
+
+def test_a_finished_stage_rebuilt_under_other_settings_is_not_trusted_after_an_interruption(
+    build, small_passes, monkeypatch, tmp_path
+):
+    out = tmp_path / "atlas"
+    build(out)  # finished with 3 steps
+    with monkeypatch.context() as patch:  # a rebuild with 2 steps rewrites 4 chunks, then stops
+        counted(patch, unit_images, "layer_images", stop_at=5)
+        with pytest.raises(KeyboardInterrupt):
+            build(out, resume=True, steps=2)
+    chunks = counted(monkeypatch, unit_images, "layer_images")
+    build(out, resume=True)  # 3 steps again: the old marker must not pass for these files
+    assert len(chunks) == 9

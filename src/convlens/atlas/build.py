@@ -35,9 +35,10 @@ def write_atlas(
     pages need, and the stage's seconds), so `resume=True` skips it when it was built with the
     same model, data, layers and images. Files are written atomically, so an interrupted stage
     is simply redone, but for the units its ledger (`convlens.atlas.ledger`) lists as
-    finished: the top-9 figures and unit images resume unit by unit. Pages are written last,
-    from what the stages left; a section whose stage did not run shows a note. Under torchrun
-    every rank takes its share of each stage's work and rank 0 writes the pages.
+    finished: the top-9 figures resume unit by unit, the unit images chunk by chunk. Pages are
+    written last, from the markers of stages finished with this build's settings; a section
+    whose stage did not run shows a note. Under torchrun every rank takes its share of each
+    stage's work and rank 0 writes the pages.
 
     Example:
         >>> write_atlas(cl.load_model("zfnet-fashion"), test_set, "atlas")  # doctest: +SKIP

@@ -2,7 +2,8 @@
 instead of redoing it: the units stage's top-9 figures and the synthesis stage's unit images of
 a resnet50 take hours. Each rank appends the units whose files it has written (atomically) to
 `.stages/<stage>.<rank>.log`, under a first line holding the stage's settings; a resumed build
-with the same settings skips the units of every rank's log."""
+with the same settings skips the units of every rank's log (the unit images skip a chunk when
+all its units are logged)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from convlens._io import replace_atomically
 
 
 @dataclass(frozen=True)
@@ -38,31 +41,32 @@ def _header(settings: dict) -> str:
     return json.dumps(settings, sort_keys=True)
 
 
-def _logs(folder: Path, stage: str) -> list[Path]:
-    return sorted(folder.glob(f"{stage}.*.log"))
+def _logs(folder: Path, stage: str) -> dict[Path, list[str]]:
+    """Each log of `stage` in `folder` and its whole lines (the header first; a last line cut
+    off by an interruption, without its newline, is left out)."""
+    return {
+        path: path.read_text().split("\n")[:-1] for path in sorted(folder.glob(f"{stage}.*.log"))
+    }
 
 
 def open_ledger(folder: Path, stage: str, settings: dict, rank: int) -> Ledger:
     """This rank's ledger of `stage` in `folder`: `done` gathers every rank's finished units
-    logged under the same `settings` (a line cut off by an interruption counts for nothing)."""
+    logged under the same `settings`; this rank's log is started afresh under other settings,
+    or kept without a cut-off last line."""
     header, done = _header(settings), set()
-    for path in _logs(folder, stage):
-        lines = path.read_text().split("\n")[:-1]  # the last piece has no newline: unfinished
-        if lines and lines[0] == header:
+    logs = _logs(folder, stage)
+    for lines in logs.values():
+        if lines[:1] == [header]:
             done.update(lines[1:])
     own = folder / f"{stage}.{rank}.log"
-    text = own.read_text() if own.exists() else ""
-    if text.split("\n", 1)[0] != header:
-        folder.mkdir(parents=True, exist_ok=True)
-        own.write_text(header + "\n")
-    elif not text.endswith("\n"):  # end the cut-off line, so the next key starts its own
-        with own.open("a") as log:
-            log.write("\n")
+    kept = logs.get(own, [])
+    text = "".join(line + "\n" for line in kept) if kept[:1] == [header] else header + "\n"
+    replace_atomically(own, lambda path: path.write_text(text))
     return Ledger(own, frozenset(done))
 
 
 def clear_ledgers(folder: Path, stage: str, keep: dict | None = None) -> None:
     """Remove the logs of `stage` in `folder`, but those written under the settings `keep`."""
-    for path in _logs(folder, stage):
-        if keep is None or path.read_text().split("\n", 1)[0] != _header(keep):
+    for path, lines in _logs(folder, stage).items():
+        if keep is None or lines[:1] != [_header(keep)]:
             path.unlink()

@@ -18,7 +18,7 @@ def write_pages(job: Job) -> None:
     assets.mkdir(parents=True, exist_ok=True)
     for name in ("style.css", "filter.js"):
         shutil.copyfile(resources.files("convlens.report") / "static" / name, assets / name)
-    done = {name: job.site.marker(name) for name in STAGES}
+    done = {name: _finished(job, name) for name in STAGES}
     if done["units"] is not None:
         result = scan_result(job)
         for layer in job.layers:
@@ -35,6 +35,13 @@ def write_pages(job: Job) -> None:
             trust=done["trust"],
         )
     index_page(job, done)
+
+
+def _finished(job: Job, stage: str) -> dict | None:
+    """The marker of `stage` when it finished with this build's settings, else None (a skipped
+    stage's marker from an atlas of another model or data is not shown)."""
+    marker = job.site.marker(stage)
+    return marker if marker and marker.get("settings") == job.settings(stage) else None
 
 
 def _common(job: Job, page: str) -> dict:

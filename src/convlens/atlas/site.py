@@ -45,7 +45,7 @@ class AtlasConfig:
         limits = (("images", 0, None), ("atlas_grid", 1, MAX_GRID), ("atlas_samples", 2, None))
         for name, low, high in limits:
             value = getattr(self, name)
-            if not isinstance(value, int) or value < low or (high and value > high):
+            if type(value) is not int or value < low or (high and value > high):
                 allowed = f"from {low} to {high}" if high is not None else f">= {low}"
                 raise ValueError(f"{name} must be an integer {allowed}, got {value!r}")
 
@@ -175,8 +175,9 @@ class Job:
         return self.config.precision == "bfloat16"
 
     def ledger(self, stage: str) -> Ledger:
-        """The units of `stage` an interrupted run with the same settings finished (`write_atlas`
-        clears the logs first unless it resumes), and this rank's log of those it finishes."""
+        """The units of `stage` that interrupted runs with this build's settings finished (none
+        unless the build resumes: `run_stage` clears the other logs first), and this rank's log
+        of those it finishes."""
         return open_ledger(self.site.stages, stage, self.settings(stage), self.rank)
 
     def mine(self, items: Sequence) -> list:

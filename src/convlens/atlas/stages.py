@@ -148,17 +148,13 @@ def units(job: Job) -> dict:
     dataset image written once. Several channels share one deconvnet pass (`unit_groups`)."""
     result, model, ledger = scan_result(job), job.loaded.model, job.ledger("units")
     fields = {layer: receptive_field(model, layer, job.loaded.input_size) for layer in job.layers}
-    work = [
-        (layer, c)
-        for layer in job.layers
-        for c in range(result[layer].values.shape[0])
-        if not ledger.finished(layer, c)
-    ]
-    bar = job.bar(job.mine(work), "top-9 images")
-    for layer, channels in unit_groups(bar, _channels_per_pass(job)):
+    work = [(layer, c) for layer in job.layers for c in range(result[layer].values.shape[0])]
+    mine = [(layer, c) for layer, c in job.mine(work) if not ledger.finished(layer, c)]
+    written: set[int] = set()  # dataset images written by this run: each once
+    for layer, channels in unit_groups(job.bar(mine, "top-9 images"), _channels_per_pass(job)):
         found = top_examples_of(model, job.data, result[layer], layer, channels, fields[layer])
         for c, examples in zip(channels, found):
-            _unit_figures(job, layer, c, examples)
+            _unit_figures(job, layer, c, examples, written)
         ledger.record(layer, channels)
     return {"layers": job.layers}
 
@@ -187,9 +183,10 @@ def unit_groups(items: Iterable[tuple[str, int]], size: int) -> Iterator[tuple[s
         yield current, group
 
 
-def _unit_figures(job: Job, layer: str, c: int, examples: TopExamples) -> None:
+def _unit_figures(job: Job, layer: str, c: int, examples: TopExamples, written: set[int]) -> None:
     """Fig. 2 of one channel, its thumbnail (the patches), its top-1 patch, and its source
-    images not yet written."""
+    images not yet `written` by this run (a file left by an atlas of other data or another
+    model is replaced)."""
     figure = figures.top_examples_figure(examples)
     write_image(job.site.unit_image(layer, c, "top9"), figure)
     half = figure.shape[1] // 2
@@ -197,8 +194,9 @@ def _unit_figures(job: Job, layer: str, c: int, examples: TopExamples) -> None:
     write_image(job.site.unit_image(layer, c, "top1"), figures.top_patch(examples))
     shown = job.loaded.transform.denormalize(examples.images)
     for index, image in zip(examples.indices, shown):
-        if not job.site.data_image(index).exists():  # each dataset image once
+        if index not in written:
             write_image(job.site.data_image(index), figures.source_picture(image))
+            written.add(index)
 
 
 @stage("synthesis", skippable=True)
@@ -214,8 +212,9 @@ def synthesis(job: Job) -> dict:
         ]
         for layer in job.mine(job.layers)
     }
-    if job.progress and job.rank == 0 and any(work.values()):
-        tqdm.write(unit_images.announce(job, {k: sum(map(len, v)) for k, v in work.items()}))
+    left = {layer: sum(map(len, parts)) for layer, parts in work.items() if parts}
+    if job.progress and job.rank == 0 and left:
+        tqdm.write(unit_images.announce(job, left))
     for layer, parts in work.items():
         for part in parts:
             made = unit_images.layer_images(job, layer, part)

@@ -100,7 +100,9 @@ def synthesize_units(
     """One image per channel of `layer`, optimised together `batch_size` at a time (None: all
     as one batch; the split does not change the images), each maximising the neuron of its
     channel at the canvas position (`unit_canvas`) on an input of the canvas side. `options`
-    go to `synthesize` (preset, steps, seed, preprocess, fast, progress, lr, ...).
+    go to `synthesize` (preset, steps, seed, preprocess, fast, progress, lr, ...); with
+    `offset`, the images are those these channels get as images `offset`, `offset + 1`, ...
+    of a larger batch (the atlas resumes a layer's images chunk by chunk).
 
     Example:
         >>> made, canvas = synthesize_units(loaded, "features.4", range(192))  # doctest: +SKIP
@@ -164,7 +166,7 @@ def _on_canvas(
     of `batch_size` (None: one chunk, or with `bounded` as many as fit `PIXEL_BUDGET`). The
     model runs as the canvas position's `Cone` when that saves work."""
     module, prep = resolve_model(model, options.pop("preprocess", None))
-    first = int(options.pop("offset", 0))  # these images' place in a larger batch
+    first = options.pop("offset", 0)  # these images' place in a larger batch
     canvas = unit_canvas(module, layer, (prep.channels, *prep.size))
     if bounded and batch_size is None:
         batch_size = budget_chunk(canvas.side)
