@@ -313,7 +313,9 @@ def trust_stage(job: Job) -> dict:
     images, labels = take(job.data, list(range(count)))
     target = label_targets(job.loaded.model, images, labels)
     blocks = layer_blocks(job.loaded.model, job.layers)
-    found = assess(job.loaded.model, images, target, TRUST_METHODS, blocks=blocks)
+    found = assess(
+        job.loaded.model, images, target, TRUST_METHODS, blocks=blocks, progress=job.progress
+    )
     save_trust(found, job.site.img / "trust")
     return {
         "images": count,

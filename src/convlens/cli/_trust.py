@@ -67,7 +67,14 @@ def _trust(args: argparse.Namespace) -> None:
     print(f"checking {', '.join(args.methods)} on {count} images, targets {said}")
     blocks = layer_blocks(loaded.model, default_layers(loaded.model)) if args.blocks else None
     found = assess(
-        loaded.model, images, target, args.methods, steps=args.steps, seed=args.seed, blocks=blocks
+        loaded.model,
+        images,
+        target,
+        args.methods,
+        steps=args.steps,
+        seed=args.seed,
+        blocks=blocks,
+        progress=True,
     )
     save_trust(found, args.out)
     for row in found.table():

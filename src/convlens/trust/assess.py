@@ -75,10 +75,12 @@ def assess(
     steps: int = 32,
     seed: int = 0,
     blocks: Mapping[str, Sequence[str]] | None = None,
+    progress: bool = False,
 ) -> Trust:
     """The sanity check and the faithfulness scores of `methods` on `images`, with the reference
     maps beside them (deletion to a zero baseline, insertion into a blurred copy, `steps` each);
-    `blocks`: the randomisation test's steps (`layer_blocks`; None: one layer a step).
+    `blocks`: the randomisation test's steps (`layer_blocks`; None: one layer a step);
+    `progress`: bars over the faithfulness batches and the randomisation steps.
 
     Example:
         >>> found = assess(loaded.model, images, labels)  # doctest: +SKIP
@@ -89,11 +91,14 @@ def assess(
     maps = {name: method_function(name)(model, images, target) for name in methods}
     references = reference_maps(images, seed)
     maps |= references
-    curves = faithfulness(model, images, target, maps, steps)
+    curves = faithfulness(model, images, target, maps, steps, progress=progress)
+    randomised = randomisation_test(
+        model, images, target, methods, seed=seed, blocks=blocks, progress=progress
+    )
     return Trust(
         methods=methods,
         references=list(references),
-        randomisation=randomisation_test(model, images, target, methods, seed=seed, blocks=blocks),
+        randomisation=randomised,
         deletion=curves["deletion"],
         insertion=curves["insertion"],
         soft_mask={n: soft_mask(model, images, target, m) for n, m in maps.items()},

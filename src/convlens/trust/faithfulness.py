@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from convlens._errors import ConvlensError
+from convlens._progress import tqdm
 from convlens._shown import Shown
 from convlens.attribution.backward import as_input, check_images
 from convlens.attribution.integrated import make_baseline
@@ -116,6 +117,7 @@ def _curves(
     baselines: dict[str, object],
     steps: int,
     batch_size: int,
+    progress: bool = False,
 ) -> dict[str, list[Curve]]:
     """A Curve per kind of `baselines` ("deletion", "insertion": its baseline) and attribution.
     Step 0 and the last step of every curve are the image or a baseline whatever the map, so
@@ -137,7 +139,10 @@ def _curves(
         classes = class_indices(target, count, model(as_input(x[:1], model)).shape[1]).to(x.device)
         ends = _endpoint_probabilities(model, sources, classes, batch_size)
         curves[..., 0], curves[..., -1] = ends[kept][:, None], ends[taken][:, None]
-        for begin in range(0, total, batch_size):
+        batches = range(0, total, batch_size)
+        for begin in tqdm(
+            batches, desc="deletion and insertion", leave=False, disable=not progress
+        ):
             flat = torch.arange(begin, min(begin + batch_size, total))
             kind, rest = flat // (maps * count * inner), flat % (maps * count * inner)
             map_, image, step = rest // (count * inner), rest // inner % count, rest % inner + 1
@@ -177,11 +182,12 @@ def faithfulness(
     deletion_baseline: object = 0.0,
     insertion_baseline: object = "blur",
     batch_size: int = DEFAULT_BATCH,
+    progress: bool = False,
 ) -> dict[str, dict[str, Curve]]:
     """`deletion` and `insertion` of every map of `maps` (name → attribution of `images`):
     {"deletion": {name: Curve}, "insertion": {name: Curve}}, equal to one call per map and kind
     but faster: the unperturbed image and the two baselines, the first and last step of every
-    curve, go through the model once for all maps.
+    curve, go through the model once for all maps. `progress` shows a bar over the batches.
 
     Example:
         >>> curves = faithfulness(model, images, 3, {"saliency": cl.saliency(model, images, 3)})  # doctest: +SKIP
@@ -195,7 +201,8 @@ def faithfulness(
     for attribution in maps.values():
         _check(images, attribution, steps, batch_size)
     baselines = {"deletion": deletion_baseline, "insertion": insertion_baseline}
-    found = _curves(model, images, target, list(maps.values()), baselines, steps, batch_size)
+    attributions = list(maps.values())
+    found = _curves(model, images, target, attributions, baselines, steps, batch_size, progress)
     return {kind: dict(zip(maps, curves)) for kind, curves in found.items()}
 
 

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from convlens._errors import ConvlensError, unknown_name_error
+from convlens._progress import tqdm
 from convlens._shown import Shown
 from convlens.attribution.methods import method_function
 from convlens.hooks import resolve_layer
@@ -205,11 +206,13 @@ def randomisation_test(
     seed: int = 0,
     keep: int = 4,
     blocks: Mapping[str, Sequence[str]] | None = None,
+    progress: bool = False,
 ) -> Randomisation:
     """Adebayo et al.'s model randomisation test of `methods` (names of
     `convlens.attribution.METHODS` or callables `(model, images, target) -> maps`), one layer
     a step or, with `blocks` (step name → layers, from the output down, as `layer_blocks`
-    gives them), one block a step; layers in no block keep their weights.
+    gives them), one block a step; layers in no block keep their weights. `progress` shows a
+    bar over the steps.
 
     Example:
         >>> found = randomisation_test(model, images, labels, ["gradient", "guided"])  # doctest: +SKIP
@@ -230,7 +233,7 @@ def randomisation_test(
     kept = {name: [maps[:keep]] for name, maps in original.items()}
     curves: dict[str, dict[str, list]] = {name: {m: [] for m in METRICS} for name in named}
     saved = copy.deepcopy(work.state_dict())
-    for _, block in steps:
+    for _, block in tqdm(steps, desc="randomisation test", leave=False, disable=not progress):
         if order == "independent":
             work.load_state_dict(saved)
         for layer in block:
