@@ -145,7 +145,8 @@ def scan_stage(job: Job) -> dict:
 @stage("units")
 def units(job: Job) -> dict:
     """Per channel: Fig. 2 and its thumbnail (the patches); the whole source images, each
-    dataset image written once. Several channels share one deconvnet pass (`unit_groups`)."""
+    dataset image written once a run. Several channels share one deconvnet pass (`unit_groups`);
+    a resumed build skips the channels its ledger lists."""
     result, model, ledger = scan_result(job), job.loaded.model, job.ledger("units")
     fields = {layer: receptive_field(model, layer, job.loaded.input_size) for layer in job.layers}
     work = [(layer, c) for layer in job.layers for c in range(result[layer].values.shape[0])]
