@@ -101,6 +101,25 @@ def test_every_save_writes_its_figures_without_running_the_model(made, tmp_path)
             assert np.asarray(Image.open(png)).std() > 0, (name, png.name)  # not blank
 
 
+def test_every_save_with_a_suffix_writes_its_figures_as_jpeg_when_asked(made, tmp_path):
+    import inspect
+
+    takes = {
+        n: a
+        for n, a in cases(made).items()
+        if "suffix" in inspect.signature(getattr(results, n)).parameters
+    }
+    assert {"save_synthesis", "save_neighbours", "save_occlusion", "save_neuron_groups"} <= set(
+        takes
+    )
+    for name, args in takes.items():
+        out = tmp_path / name
+        extra = ("grid",) if name == "save_synthesis" else ()
+        written = getattr(results, name)(*args, out, *extra, suffix=".jpg")
+        assert written.suffix == ".jpg" and np.asarray(Image.open(written)).std() > 0, name
+        assert not list(out.glob("*.png")), name
+
+
 def test_the_occlusion_figure_shows_the_projection_of_the_followed_map(made, tmp_path):
     loaded, _, images, _, layers = made
     maps = cl.occlusion(loaded.model, images[:2], 3, window=7, stride=7, layer=layers[-1])

@@ -108,7 +108,7 @@ class Site:
     @property
     def figure_suffix(self) -> str:
         """The suffix of the photographic figures (`PHOTO_KINDS`, the dataset images, the image
-        pages' figures): ".jpg" on a photo site (photographs, overlays and heat maps at 3-10x
+        pages' figures, the class models and the nearest neighbours): ".jpg" on a photo site (photographs, overlays and heat maps at 3-10x
         less than PNG: a resnet50 image page's figures 5.5 MB as PNG), else ".png"."""
         return ".jpg" if self.photo else ".png"
 
@@ -148,6 +148,12 @@ class Site:
     def unmark(self, stage: str) -> None:
         """Forget that `stage` finished: it is being built again, and its files change."""
         (self.stages / f"{stage}.json").unlink(missing_ok=True)
+
+
+LAYOUTS = {"units": 3, "synthesis": 4, "images": 4, "embedding": 4}
+"""The version of each stage's files, raised when their names or formats change, so that a
+resumed atlas rebuilds the stage: 4 for images is the neuron groups and JPEG figures on photo
+sites, 4 for synthesis and embedding the class models and neighbours as JPEG there."""
 
 
 @dataclass(frozen=True)
@@ -193,12 +199,10 @@ class Job:
             "layers": self.layers,
             "images": self.config.images,
         }
-        if stage in ("units", "synthesis", "images"):  # their figures' format and folders
-            common |= {"photo": self.site.photo, "layout": 3}
+        if stage in LAYOUTS:  # their figures' format and folders
+            common |= {"photo": self.site.photo, "layout": LAYOUTS[stage]}
         if stage in ("synthesis", "images", "activation-atlas"):  # synthesised images
             common |= {"bfloat16": self.fast}
-        if stage == "images":  # pages with neuron groups, JPEG figures on photo sites
-            common |= {"layout": 4}
         if stage == "synthesis":
             common |= {"mode": self.config.synthesis, "steps": self.config.synthesis_steps}
         if stage == "trust":

@@ -230,7 +230,8 @@ def synthesis(job: Job) -> dict:
         models = synthesize(
             job.loaded, class_score(classes), preset="lucid", n=len(classes), fast=job.fast
         )
-        record["classes"] = save_synthesis(models, job.site.img, "class-models").name
+        suffix = job.site.figure_suffix
+        record["classes"] = save_synthesis(models, job.site.img, "class-models", suffix).name
     return record
 
 
@@ -282,7 +283,7 @@ def embedding(job: Job) -> dict:
     save_embedding(found, job.site.img, tile=24)
     queries = Subset(job.data, one_per_class(job.data, 5))
     near = nearest_neighbours(job.loaded.model, queries, job.data, 6)
-    save_neighbours(near, job.site.img)
+    save_neighbours(near, job.site.img, job.site.figure_suffix)
     return {"count": count}
 
 

@@ -146,16 +146,16 @@ def save_occlusion(maps: Occlusion, out: Path, suffix: str = ".png") -> Path:
     return write_image(out / f"occlusion{suffix}", render.panel_row(panels))
 
 
-def save_synthesis(result: Synthesis, out: Path, name: str) -> Path:
-    """Synthesised images as a grid captioned with their labels (`<name>.png`), raw arrays and
-    trace in `<name>.npz`."""
+def save_synthesis(result: Synthesis, out: Path, name: str, suffix: str = ".png") -> Path:
+    """Synthesised images as a grid captioned with their labels (`<name><suffix>`, .png or
+    .jpg), raw arrays and trace in `<name>.npz`."""
     write_npz(
         out / f"{name}.npz",
         images=result.images.cpu().numpy(),
         inputs=result.inputs.cpu().numpy(),
         trace=result.trace.numpy(),
     )
-    return write_png(out / f"{name}.png", figures.synthesis_grid(result))
+    return write_image(out / f"{name}{suffix}", figures.synthesis_grid(result))
 
 
 def save_inversion(result: Inversion, out: Path) -> Path:
@@ -202,14 +202,15 @@ def save_embedding(found: Embedding, out: Path, *, tile: int = 28) -> list[Path]
     return write_pngs(out, figures.embedding_figures(found, tile))
 
 
-def save_neighbours(found: Neighbours, out: Path) -> Path:
-    """`figures.neighbours_figure` and the neighbour indices (`neighbours.json`)."""
+def save_neighbours(found: Neighbours, out: Path, suffix: str = ".png") -> Path:
+    """`figures.neighbours_figure` as `neighbours<suffix>` (.png or .jpg) and the neighbour
+    indices (`neighbours.json`)."""
     indices = {
         "feature_indices": found.feature_indices.tolist(),
         "pixel_indices": found.pixel_indices.tolist(),
     }
     write_json(out / "neighbours.json", indices)
-    return write_png(out / "neighbours.png", figures.neighbours_figure(found))
+    return write_image(out / f"neighbours{suffix}", figures.neighbours_figure(found))
 
 
 def save_diagnosis(runs: dict[str, tuple[dict, FirstLayer]], out: Path) -> dict[str, dict]:
