@@ -27,6 +27,10 @@ class Ledger:
         """Whether `channel` of `layer` was finished by an earlier run with the same settings."""
         return _key(layer, channel) in self.done
 
+    def all_finished(self, layer: str, channels: Iterable[int]) -> bool:
+        """Whether every one of `channels` of `layer` was finished by such a run."""
+        return all(self.finished(layer, c) for c in channels)
+
     def record(self, layer: str, channels: Iterable[int]) -> None:
         """Note `channels` of `layer` as finished; call it once their files are written."""
         with self.path.open("a") as log:

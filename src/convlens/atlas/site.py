@@ -169,9 +169,17 @@ class Job:
     rank: int = 0
     world: int = 1
 
-    def bar(self, items: Sequence, what: str) -> tqdm:
-        """A progress bar with an ETA over one stage's work (on rank 0, unless `progress` is off)."""
-        return tqdm(items, desc=what, leave=False, disable=not self.progress or self.rank != 0)
+    def bar(self, items: Sequence, what: str, done: int = 0) -> tqdm:
+        """A progress bar with an ETA over one stage's work (on rank 0, unless `progress` is
+        off), starting at `done` items an interrupted run finished."""
+        return tqdm(
+            items,
+            desc=what,
+            initial=done,
+            total=done + len(items),
+            leave=False,
+            disable=not self.progress or self.rank != 0,
+        )
 
     @property
     def fast(self) -> bool:

@@ -4,6 +4,7 @@ returning the record its pages need (kept in the stage's marker). Every figure c
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
@@ -88,6 +89,11 @@ def scan_result(job: Job) -> ScanResult:
     return ScanResult.load(job.site.out / "scan.safetensors")
 
 
+def _count(result: ScanResult, layer: str) -> int:
+    """The channels of `layer` in the scan."""
+    return result[layer].values.shape[0]
+
+
 @stage("summary")
 def summary(job: Job) -> dict:
     """Layer table with dead units, accuracy, filter grids and the first layer's filters."""
@@ -149,10 +155,11 @@ def units(job: Job) -> dict:
     a resumed build skips the channels its ledger lists."""
     result, model, ledger = scan_result(job), job.loaded.model, job.ledger("units")
     fields = {layer: receptive_field(model, layer, job.loaded.input_size) for layer in job.layers}
-    work = [(layer, c) for layer in job.layers for c in range(result[layer].values.shape[0])]
-    mine = [(layer, c) for layer, c in job.mine(work) if not ledger.finished(layer, c)]
+    work = job.mine([(layer, c) for layer in job.layers for c in range(_count(result, layer))])
+    left = [(layer, c) for layer, c in work if not ledger.finished(layer, c)]
+    bar = job.bar(left, "top-9 images", done=len(work) - len(left))
     written: set[int] = set()  # dataset images written by this run: each once
-    for layer, channels in unit_groups(job.bar(mine, "top-9 images"), _channels_per_pass(job)):
+    for layer, channels in unit_groups(bar, _channels_per_pass(job)):
         found = top_examples_of(model, job.data, result[layer], layer, channels, fields[layer])
         for c, examples in zip(channels, found):
             _unit_figures(job, layer, c, examples, written)
@@ -204,26 +211,23 @@ def _unit_figures(job: Job, layer: str, c: int, examples: TopExamples, written: 
 def synthesis(job: Job) -> dict:
     """A synthesised image per unit (`unit_images`: a layer's units together, in chunks that
     bound memory, after a printed time estimate) and class models."""
-    result, ledger = scan_result(job), job.ledger("synthesis")
-    work = {  # split by layer between ranks; a chunk is redone unless all its units are done
-        layer: [
-            part
-            for part in unit_images.chunks(job, layer, result[layer].values.shape[0])
-            if not all(ledger.finished(layer, c) for c in part)
-        ]
-        for layer in job.mine(job.layers)
-    }
-    left = {layer: sum(map(len, parts)) for layer, parts in work.items() if parts}
+    result, ledger, layers = scan_result(job), job.ledger("synthesis"), job.mine(job.layers)
+    work = [  # split by layer between ranks
+        (layer, part)
+        for layer in layers
+        for part in unit_images.chunks(job, layer, _count(result, layer))
+    ]
+    left = [(layer, part) for layer, part in work if not ledger.all_finished(layer, part)]
     if job.progress and job.rank == 0 and left:
-        tqdm.write(unit_images.announce(job, left))
-    for layer, parts in work.items():
-        for part in parts:
-            made = unit_images.layer_images(job, layer, part)
-            for c, image in zip(part, made.images):
-                write_image(job.site.unit_image(layer, c, "synthesis"), render.picture(image, 96))
-            ledger.record(layer, part)
+        units = Counter(layer for layer, part in left for _ in part)  # layer -> units left
+        tqdm.write(unit_images.announce(job, dict(units)))
+    for layer, part in job.bar(left, "unit image chunks", done=len(work) - len(left)):
+        made = unit_images.layer_images(job, layer, part)
+        for c, image in zip(part, made.images):
+            write_image(job.site.unit_image(layer, c, "synthesis"), render.picture(image, 96))
+        ledger.record(layer, part)
     unit = job.config.synthesis == "unit"
-    sizes = {layer: unit_images.side(job, layer) for layer in work} if unit else {}
+    sizes = {layer: unit_images.side(job, layer) for layer in layers} if unit else {}
     record = {"mode": job.config.synthesis, "sides": sizes}
     if job.rank == 0:
         classes = list(range(min(len(job.loaded.classes), 10)))

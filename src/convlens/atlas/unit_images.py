@@ -90,7 +90,8 @@ def announce(job: Job, work: dict[str, int]) -> str:
     """The line printed before the unit images are made: how many, how, and about how long."""
     minutes = estimate_seconds(job, work) / 60
     return (
-        f"synthesis: {sum(work.values())} unit images in {len(work)} layers, "
+        f"synthesis: {sum(work.values())} unit images in {len(work)} "
+        f"layer{'s' if len(work) != 1 else ''}, "
         f"{job.config.synthesis} mode, {steps(job)} steps: about {minutes:.1f} min "
         "(two steps per layer timed)"
     )
