@@ -58,7 +58,10 @@ def _report_options(parser: argparse.ArgumentParser) -> None:
         "device computes it in hardware (faster, the same-looking images), else float32",
     )
     parser.add_argument(
-        "--resume", action="store_true", help="reuse finished stages of an earlier run"
+        "--resume",
+        action="store_true",
+        help="reuse the finished stages of an earlier run with the same settings, and the "
+        "finished units of an interrupted stage",
     )
 
 
