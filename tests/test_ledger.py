@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from torch.utils.data import Subset
 
 from convlens.atlas import AtlasConfig, stages, unit_images, write_atlas
@@ -55,8 +56,10 @@ def build(tmp_path_factory):
         data_description="fashion-mnist test, first 40",
     )
 
-    def run(out: Path, resume: bool = False, steps: int = 3, progress: bool = False) -> Path:
-        settings = AtlasConfig(**{**config.__dict__, "synthesis_steps": steps})
+    def run(
+        out: Path, resume: bool = False, steps: int = 3, progress: bool = False, **changes
+    ) -> Path:
+        settings = AtlasConfig(**{**config.__dict__, "synthesis_steps": steps, **changes})
         return write_atlas(loaded, data, out, settings, resume=resume, progress=progress)
 
     return run
@@ -137,3 +140,17 @@ def test_a_finished_stage_rebuilt_under_other_settings_is_not_trusted_after_an_i
     chunks = counted(monkeypatch, unit_images, "layer_images")
     build(out, resume=True)  # 3 steps again: the old marker must not pass for these files
     assert len(chunks) == 9
+
+
+def test_pages_show_no_stage_of_other_settings_and_no_stale_dataset_image(build, tmp_path):
+    out = tmp_path / "atlas"
+    build(out)
+    page = out / "units" / "features.13" / "0005.html"
+    assert "0005-synthesis.png" in page.read_text()
+    build(out, resume=True, steps=2, skip=SKIPPABLE)  # the 3-step images are not this build's
+    assert "0005-synthesis.png" not in page.read_text()
+    shown = sorted((out / "img" / "data").iterdir())
+    for path in shown:
+        path.write_bytes(b"an image of another atlas")
+    build(out, resume=True, data_description="fashion-mnist test, first 40, again", skip=SKIPPABLE)
+    assert all(Image.open(path).size == (56, 56) for path in shown)  # each rewritten, enlarged

@@ -70,9 +70,8 @@ PHOTO_KINDS = ("top9", "thumb", "top1", "synthesis")
 @dataclass(frozen=True)
 class Site:
     """Paths inside the atlas folder `out`. With `photo` (a model of RGB inputs of 64 pixels or
-    more), the photographic figures (`PHOTO_KINDS`, the dataset images, the image pages'
-    figures) are JPEGs, a third to a fifth of their PNG size, so that an atlas of thousands of
-    units stays small."""
+    more), the photographic figures (`figure_suffix`) are JPEGs, a third to a fifth of their PNG
+    size, so that an atlas of thousands of units stays small."""
 
     out: Path
     photo: bool = False
@@ -87,8 +86,8 @@ class Site:
         return path.relative_to(self.out).as_posix()
 
     def data_image(self, index: int) -> Path:
-        """`img/data/<index>.<png|jpg>`: dataset image `index`, written once however many
-        units' top-9 it is in."""
+        """`img/data/<index>.<png|jpg>`: dataset image `index`, written once a run (by each
+        rank that needs it) however many units' top-9 it is in."""
         return self.img / "data" / f"{index}{self.figure_suffix}"
 
     @property
@@ -108,8 +107,9 @@ class Site:
     @property
     def figure_suffix(self) -> str:
         """The suffix of the photographic figures (`PHOTO_KINDS`, the dataset images, the image
-        pages' figures, the class models and the nearest neighbours): ".jpg" on a photo site (photographs, overlays and heat maps at 3-10x
-        less than PNG: a resnet50 image page's figures 5.5 MB as PNG), else ".png"."""
+        pages' figures, the class models and the nearest neighbours): ".jpg" on a photo site
+        (photographs, overlays and heat maps at 3-10x less than PNG: a resnet50 image page's
+        figures 5.5 MB as PNG), else ".png"."""
         return ".jpg" if self.photo else ".png"
 
     @staticmethod
@@ -150,10 +150,12 @@ class Site:
         (self.stages / f"{stage}.json").unlink(missing_ok=True)
 
 
-LAYOUTS = {"units": 3, "synthesis": 4, "images": 4, "embedding": 4}
-"""The version of each stage's files, raised when their names or formats change, so that a
-resumed atlas rebuilds the stage: 4 for images is the neuron groups and JPEG figures on photo
-sites, 4 for synthesis and embedding the class models and neighbours as JPEG there."""
+LAYOUTS = {"units": 3, "synthesis": 3, "images": 4, "embedding": 4}
+"""The version of the files of the stages listed, raised when their names or formats change, so
+that a resumed atlas rebuilds the stage: 4 for images is the neuron groups and JPEG figures on
+photo sites, 4 for embedding the nearest neighbours as JPEG there (the index links them by the
+site's suffix). The class models' file name is in the synthesis record, so their JPEG needed no
+rebuild of hours of unit images."""
 
 
 @dataclass(frozen=True)

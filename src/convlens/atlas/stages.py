@@ -219,8 +219,8 @@ def synthesis(job: Job) -> dict:
     ]
     left = [(layer, part) for layer, part in work if not ledger.all_finished(layer, part)]
     if job.progress and job.rank == 0 and left:
-        units = Counter(layer for layer, part in left for _ in part)  # layer -> units left
-        tqdm.write(unit_images.announce(job, dict(units)))
+        per_layer = Counter(layer for layer, part in left for _ in part)  # units left
+        tqdm.write(unit_images.announce(job, per_layer))
     for layer, part in job.bar(left, "unit image chunks", done=len(work) - len(left)):
         made = unit_images.layer_images(job, layer, part)
         for c, image in zip(part, made.images):

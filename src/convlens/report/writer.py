@@ -48,8 +48,11 @@ def _write_bytes(path: str | Path, data: bytes) -> Path:
 
 
 def write_image(path: str | Path, image: np.ndarray) -> Path:
-    """Save as a JPEG when `path` ends in .jpg, else as a PNG."""
-    return (write_jpeg if Path(path).suffix == ".jpg" else write_png)(path, image)
+    """Save as a JPEG when `path` ends in .jpg, else as a PNG; the figure in the other format,
+    left by an earlier write (an atlas built before its figures became JPEG), is removed."""
+    path = Path(path)
+    path.with_suffix(".png" if path.suffix == ".jpg" else ".jpg").unlink(missing_ok=True)
+    return (write_jpeg if path.suffix == ".jpg" else write_png)(path, image)
 
 
 def write_pngs(folder: str | Path, figures: dict[str, np.ndarray]) -> list[Path]:

@@ -122,7 +122,7 @@ def _curves(
     """A Curve per kind of `baselines` ("deletion", "insertion": its baseline) and attribution.
     Step 0 and the last step of every curve are the image or a baseline whatever the map, so
     each goes through the model once; the other (kind, map, image, step) quadruples go through
-    it `batch_size` at a time. Each map is ranked once."""
+    it `batch_size` at a time, under a bar with `progress`. Each map is ranked once."""
     x = images.detach()
     kinds = list(baselines)
     sources = torch.stack([x, *(make_baseline(x, baselines[kind]) for kind in kinds)])
