@@ -36,22 +36,26 @@ def write_smaller(stem: str | Path, image: np.ndarray) -> Path:
     into flat blocks compress best as PNG (a resnet50 layer4 grid: 177 KB, 647 KB as JPEG),
     fine detail as JPEG (its layer1 grid: 216 KB, 725 KB as PNG)."""
     png, jpeg = encode_image(image, "PNG"), encode_image(image, "JPEG")
-    smaller, suffix, other = (
-        (png, ".png", ".jpg") if len(png) <= len(jpeg) else (jpeg, ".jpg", ".png")
-    )
-    Path(f"{stem}{other}").unlink(missing_ok=True)  # an earlier write's other choice
-    return _write_bytes(Path(f"{stem}{suffix}"), smaller)
+    smaller, suffix = (png, ".png") if len(png) <= len(jpeg) else (jpeg, ".jpg")
+    path = Path(f"{stem}{suffix}")
+    _remove_other_format(path)  # an earlier write's other choice
+    return _write_bytes(path, smaller)
 
 
 def _write_bytes(path: str | Path, data: bytes) -> Path:
     return replace_atomically(path, lambda p: Path(p).write_bytes(data))
 
 
+def _remove_other_format(path: Path) -> None:
+    """Remove the .png twin of a .jpg `path`, or the .jpg twin of a .png one."""
+    path.with_suffix(".png" if path.suffix == ".jpg" else ".jpg").unlink(missing_ok=True)
+
+
 def write_image(path: str | Path, image: np.ndarray) -> Path:
     """Save as a JPEG when `path` ends in .jpg, else as a PNG; the figure in the other format,
     left by an earlier write (an atlas built before its figures became JPEG), is removed."""
     path = Path(path)
-    path.with_suffix(".png" if path.suffix == ".jpg" else ".jpg").unlink(missing_ok=True)
+    _remove_other_format(path)
     return (write_jpeg if path.suffix == ".jpg" else write_png)(path, image)
 
 
