@@ -138,18 +138,10 @@ def layer_figures(
 ) -> list[dict]:
     """Feature maps of one image at every layer (`maps`, `layer_maps`; on a photo site as PNG
     or JPEG, whichever is smaller), and the projection of each layer's strongest channel."""
-    grids = figures.feature_map_figures(maps, "maps", tile=40)  # spatial maps only
     layers = []
     for layer, values in maps.items():
-        name = f"maps-{safe_name(layer)}"
-        grid = grids.get(name)
-        written = None
-        if grid is not None:
-            written = (
-                write_smaller(folder / name, grid)
-                if job.site.photo
-                else write_png(folder / f"{name}.png", grid)
-            )
+        grids = figures.feature_map_figures({layer: values}, "maps", tile=40)  # {} if not spatial
+        written = [_write_grid(job, folder / name, grid) for name, grid in grids.items()]
         strongest = int(values.flatten(1).amax(dim=1).argmax())
         projection = deconvnet(job.loaded.model, image[None], Unit(layer, strongest))[0]
         write_image(
@@ -160,8 +152,13 @@ def layer_figures(
             {
                 "name": layer,
                 "file": safe_name(layer),
-                "maps": written.name if written else None,
+                "maps": written[0].name if written else None,
                 "strongest": strongest,
             }
         )
     return layers
+
+
+def _write_grid(job: Job, stem: Path, grid: np.ndarray) -> Path:
+    """A feature-map grid as `<stem>.png`, or on a photo site as PNG or JPEG, the smaller."""
+    return write_smaller(stem, grid) if job.site.photo else write_png(Path(f"{stem}.png"), grid)
